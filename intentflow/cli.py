@@ -1,0 +1,238 @@
+"""The ``intentflow`` command line. Core commands never import Prefect; orchestration commands do, lazily."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from intentflow.errors import IntentflowError
+
+DEFAULT_OUTCOMES = "config/outcomes"
+DEFAULT_REGISTRY = "artifacts"
+
+PREPARE_FLAGS = {
+    "augment_factor": (int, "synthetic sentences per outcome (playbook: 500)"),
+    "train_fraction": (float, "share of originals kept for training (playbook: 0.90)"),
+    "min_val_per_label": (int, "validation rows per outcome, at least (playbook: 10)"),
+}
+TRAIN_FLAGS = {
+    "epochs": (int, "most epochs; early stopping usually ends sooner (playbook: 1000)"),
+    "lr": (float, "AdamW learning rate (playbook: 0.003)"),
+    "batch_size": (int, "rows per step (playbook: 64)"),
+    "hidden_size": (int, "hidden layer width (playbook: 512)"),
+    "hidden_layers": (int, "number of hidden layers (playbook: 4)"),
+    "dropout": (float, "dropout rate (playbook: 0.45)"),
+    "weight_decay": (float, "AdamW weight decay (playbook: 1e-4)"),
+    "patience": (int, "early-stopping patience in epochs, 0 disables (default 20)"),
+}
+
+
+def _add_flags(parser: argparse.ArgumentParser, flags: dict[str, tuple[type, str]]) -> None:
+    for name, (kind, help_text) in flags.items():
+        parser.add_argument("--" + name.replace("_", "-"), dest=name, type=kind, default=None, help=help_text)
+
+
+def _add_config(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", type=Path, default=None,
+                        help="settings file (default: config/training.toml when present)")
+
+
+def _settings(args: argparse.Namespace, prepare: bool, train: bool) -> Any:
+    from intentflow.config import load_settings
+
+    pick = lambda names: {name: getattr(args, name, None) for name in names}  # noqa: E731
+    sections: dict[str, dict[str, Any]] = {}
+    if prepare:
+        sections["prepare"] = {**pick(PREPARE_FLAGS), **pick(["seed"])}
+    if train:
+        sections["train"] = {**pick(TRAIN_FLAGS), **pick(["seed", "device"])}
+    return load_settings(args.config).with_overrides(**sections)
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from intentflow.outcomes import load_outcomes
+
+    outcomes = load_outcomes(args.outcomes)
+    for warning in outcomes.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    summary = outcomes.summary()
+    print(f"ok: {summary['outcomes']} outcomes, {summary['originals']} originals "
+          f"({summary['examples']} examples, {summary['teach_hints']} teach hints), "
+          f"{summary['synonyms']} synonym phrases; content hash {outcomes.content_hash[:12]}")
+    return 0
+
+
+def cmd_prepare(args: argparse.Namespace) -> int:
+    from intentflow.dataset import prepare_data, write_prepared
+    from intentflow.outcomes import load_outcomes
+
+    settings = _settings(args, prepare=True, train=False)
+    outcomes = load_outcomes(args.outcomes)
+    data = prepare_data(outcomes, settings.prepare)
+    write_prepared(data, args.out)
+    manifest = data.manifest
+    print(f"wrote {args.out}: {manifest['rows']['train']} train rows, {manifest['rows']['val']} validation rows, "
+          f"{len(manifest['labels'])} outcomes (seed {settings.prepare.seed})")
+    for label, made in manifest["shortfalls"].items():
+        print(f"note: {label}: {made} unique synthetic sentences of {settings.prepare.augment_factor} asked",
+              file=sys.stderr)
+    for label in manifest["leaky_labels"]:
+        print(f"note: {label} has one original, so its validation rows paraphrase training rows (leaky)",
+              file=sys.stderr)
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from intentflow.pipeline import train_from_data
+
+    settings = _settings(args, prepare=False, train=True)
+    with _progress() as on_epoch:
+        payload = train_from_data(args.data, settings.train, args.checkpoint, on_epoch=on_epoch)
+    metrics = payload["metrics"]
+    print(f"wrote {args.checkpoint}: validation accuracy {_pct(metrics['val_accuracy'])}, "
+          f"best epoch {metrics['best_epoch']} of {metrics['epochs_run']} run on {metrics['device']}")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from intentflow.dataset import read_labelled
+    from intentflow.evaluate import evaluate_model
+    from intentflow.inference import Classifier
+
+    classifier = Classifier.load(args.checkpoint)
+    if args.data is not None:
+        texts, labels, _ = read_labelled(args.data)
+        source = str(args.data)
+    else:
+        recorded = classifier.payload.get("validation", {})
+        texts, labels = list(recorded.get("text", [])), list(recorded.get("label", []))
+        source = "the validation set recorded in the checkpoint"
+        if not texts:
+            raise IntentflowError("the checkpoint records no validation set (fix: pass --data FILE.jsonl)")
+    evaluation = evaluate_model(classifier, texts, labels)
+    if args.json:
+        print(json.dumps({"data": source, **evaluation.to_dict()}, indent=2))
+    else:
+        from intentflow.report import evaluation_text
+
+        print(evaluation_text(evaluation, source))
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from intentflow.inference import Classifier
+
+    texts = list(args.texts) or [line.rstrip("\n") for line in sys.stdin if line.strip()]
+    if not texts:
+        raise IntentflowError("no text to classify (fix: pass sentences as arguments or on standard input)")
+    classifier = Classifier.load(args.checkpoint)
+    predictions = classifier.predict_batch(texts)
+    for text, (label, confidence) in zip(texts, predictions, strict=True):
+        if args.json:
+            print(json.dumps({"text": text, "label": label, "confidence": confidence}))
+        else:
+            print(f"{text} -> {label} {confidence:.2%}")
+    return 0
+
+
+def _pct(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.2%}"
+
+
+class _progress:
+    """A progress bar on a terminal; plain per-epoch log lines otherwise."""
+
+    def __enter__(self) -> Callable | None:
+        if not sys.stderr.isatty():
+            return None
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+        )
+
+        self.bar = Progress(TextColumn("training"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                            TextColumn("{task.description}"), transient=True)
+        self.bar.start()
+        self.task = self.bar.add_task("", total=None)
+
+        def on_epoch(stats: Any, total: int) -> None:
+            val = f" val acc {stats.val_accuracy:.3f}" if stats.val_accuracy is not None else ""
+            self.bar.update(self.task, completed=stats.epoch, total=total,
+                            description=f"loss {stats.train_loss:.4f}{val}")
+
+        return on_epoch
+
+    def __exit__(self, *exc: object) -> None:
+        if hasattr(self, "bar"):
+            self.bar.stop()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="intentflow", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="log every epoch and step")
+    parser.add_argument("-q", "--quiet", action="store_true", help="log warnings only")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    validate = commands.add_parser("validate", help="check the outcome files, reporting every problem")
+    validate.add_argument("--outcomes", type=Path, default=Path(DEFAULT_OUTCOMES))
+    validate.set_defaults(handler=cmd_validate)
+
+    prepare = commands.add_parser("prepare", help="augment and split outcomes into train/val JSONL")
+    prepare.add_argument("--outcomes", type=Path, default=Path(DEFAULT_OUTCOMES))
+    prepare.add_argument("--out", type=Path, default=Path("data"))
+    _add_flags(prepare, PREPARE_FLAGS)
+    prepare.add_argument("--seed", type=int, default=None, help="augmentation and split seed (playbook: 2025)")
+    _add_config(prepare)
+    prepare.set_defaults(handler=cmd_prepare)
+
+    train = commands.add_parser("train", help="train a checkpoint from prepared data")
+    train.add_argument("--data", type=Path, default=Path("data"))
+    train.add_argument("--checkpoint", type=Path, required=True)
+    _add_flags(train, TRAIN_FLAGS)
+    train.add_argument("--seed", type=int, default=None, help="training seed")
+    train.add_argument("--device", choices=["auto", "cpu", "cuda"], default=None)
+    _add_config(train)
+    train.set_defaults(handler=cmd_train)
+
+    evaluate = commands.add_parser("evaluate", help="score a checkpoint (or a registry's production model)")
+    evaluate.add_argument("--checkpoint", type=Path, required=True, help="checkpoint file or registry folder")
+    evaluate.add_argument("--data", type=Path, default=None, help='labelled JSONL ({"text","label"} per line)')
+    evaluate.add_argument("--json", action="store_true", help="print one JSON object")
+    evaluate.set_defaults(handler=cmd_evaluate)
+
+    predict = commands.add_parser("predict", help="label and confidence for each text")
+    predict.add_argument("--checkpoint", type=Path, required=True, help="checkpoint file or registry folder")
+    predict.add_argument("--json", action="store_true", help="one JSON object per line")
+    predict.add_argument("texts", nargs="*", help="sentences (default: one per line on standard input)")
+    predict.set_defaults(handler=cmd_predict)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    level = logging.WARNING if args.quiet else logging.DEBUG if args.verbose else logging.INFO
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    logging.getLogger("intentflow").setLevel(level)
+    if args.command == "train" and sys.stderr.isatty() and not args.verbose:
+        # The progress bar shows each epoch; the per-epoch log lines would scroll it away.
+        logging.getLogger("intentflow.train").setLevel(logging.WARNING)
+    try:
+        return args.handler(args)
+    except IntentflowError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted; nothing was published", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

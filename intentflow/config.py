@@ -1,0 +1,110 @@
+"""Typed settings, validated once at the edge: ``config/training.toml`` plus overrides."""
+
+from __future__ import annotations
+
+import difflib
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from intentflow.errors import Problem, ValidationFailed, display_path
+
+DEFAULT_CONFIG_PATH = Path("config/training.toml")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class PrepareConfig(_Strict):
+    augment_factor: int = Field(500, ge=0, le=100_000, description="Synthetic sentences per outcome")
+    train_fraction: float = Field(0.90, gt=0.0, lt=1.0, description="Share of originals kept for training")
+    min_val_per_label: int = Field(10, ge=0, le=100_000, description="Validation rows per outcome, at least")
+    seed: int = Field(2025, ge=0, description="Seed of augmentation and split")
+
+
+class TrainConfig(_Strict):
+    epochs: int = Field(1000, ge=1, le=100_000, description="Most epochs to train")
+    lr: float = Field(0.003, gt=0.0, le=1.0, description="AdamW learning rate")
+    batch_size: int = Field(64, ge=1, le=1_000_000, description="Rows per optimiser step")
+    hidden_size: int = Field(512, ge=1, le=16_384, description="Width of each hidden layer")
+    hidden_layers: int = Field(4, ge=1, le=32, description="Number of hidden layers")
+    dropout: float = Field(0.45, ge=0.0, lt=1.0, description="Dropout after each hidden layer")
+    weight_decay: float = Field(1e-4, ge=0.0, le=1.0, description="AdamW weight decay")
+    patience: int = Field(20, ge=0, description="Early-stopping patience in epochs; 0 disables")
+    seed: int = Field(2025, ge=0, description="Seed of initialisation, dropout and shuffling")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Where to train")
+
+
+class GateConfig(_Strict):
+    threshold: float = Field(0.60, ge=0.0, le=1.0, description="Validation accuracy needed to promote")
+    tolerance: float = Field(0.01, ge=0.0, le=1.0, description="How far below production a candidate may score")
+
+
+class Settings(_Strict):
+    prepare: PrepareConfig = PrepareConfig()
+    train: TrainConfig = TrainConfig()
+    gate: GateConfig = GateConfig()
+
+    def with_overrides(self, **sections: dict[str, Any] | None) -> Settings:
+        """A copy with the given values replaced; ``None`` values mean "keep the file's value"."""
+        updated: dict[str, Any] = {}
+        for section, values in sections.items():
+            current = getattr(self, section)
+            changes = {key: value for key, value in (values or {}).items() if value is not None}
+            try:
+                updated[section] = type(current).model_validate({**current.model_dump(), **changes})
+            except ValidationError as error:
+                raise ValidationFailed(_problems(error, "overrides", section)) from None
+        return self.model_copy(update=updated)
+
+
+def load_settings(path: str | Path | None = None) -> Settings:
+    """Read settings from a TOML file; without a path, ``config/training.toml`` if present, else defaults."""
+    if path is None:
+        if not DEFAULT_CONFIG_PATH.is_file():
+            return Settings()
+        path = DEFAULT_CONFIG_PATH
+    path = Path(path)
+    shown = display_path(path)
+    if not path.is_file():
+        raise ValidationFailed([Problem(shown, "", "the config file does not exist",
+                                        "pass an existing TOML file with --config")])
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
+        raise ValidationFailed([Problem(shown, "", f"invalid TOML: {error}", "fix the syntax")]) from None
+    try:
+        return Settings.model_validate(data)
+    except ValidationError as error:
+        raise ValidationFailed(_problems(error, shown, None)) from None
+
+
+def _problems(error: ValidationError, shown: str, section: str | None) -> list[Problem]:
+    problems = []
+    for item in error.errors():
+        location = [str(part) for part in item["loc"]]
+        if section:
+            location.insert(0, section)
+        where = ".".join(location)
+        if item["type"] == "extra_forbidden":
+            model = _model_at(location[:-1])
+            known = list(model.model_fields) if model else []
+            close = difflib.get_close_matches(location[-1], known, n=1)
+            fix = f"did you mean '{close[0]}'?" if close else f"remove it; known keys: {', '.join(known)}"
+            problems.append(Problem(shown, where, "unknown key", fix))
+        else:
+            problems.append(Problem(shown, where, item["msg"], "use a value within the stated limits"))
+    return problems
+
+
+def _model_at(location: list[str]) -> type[BaseModel] | None:
+    model: type[BaseModel] = Settings
+    for part in location:
+        field = model.model_fields.get(part)
+        if field is None or not isinstance(field.annotation, type) or not issubclass(field.annotation, BaseModel):
+            return None
+        model = field.annotation
+    return model

@@ -1,0 +1,144 @@
+"""Dataset preparation (outcomes -> train/val JSONL + manifest) and labelled-file reading."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from intentflow.augment import Augmented, Row, augment_outcomes
+from intentflow.config import PrepareConfig
+from intentflow.errors import IntentflowError, Problem, ValidationFailed, display_path
+from intentflow.fileio import write_json, write_jsonl
+from intentflow.outcomes import OutcomeSet
+from intentflow.split import Split, split_rows
+
+logger = logging.getLogger(__name__)
+
+TRAIN_FILE = "train.jsonl"
+VAL_FILE = "val.jsonl"
+MANIFEST_FILE = "manifest.json"
+MAX_LABELLED_ROWS = 2_000_000
+
+
+@dataclass(frozen=True)
+class PreparedData:
+    train: tuple[Row, ...]
+    val: tuple[Row, ...]
+    manifest: dict[str, Any]
+
+
+def build_manifest(outcomes: OutcomeSet, config: PrepareConfig, augmented: Augmented, split: Split) -> dict[str, Any]:
+    """What a prepared data set is made of: counts per label, seed, and the outcome-content hash."""
+    return {
+        "outcome_hash": outcomes.content_hash,
+        "outcomes_folder": str(outcomes.folder),
+        "prepare": config.model_dump(),
+        "rows": {"train": len(split.train), "val": len(split.val)},
+        "labels": {
+            label: {**counts, "synthetic_made": augmented.made.get(label, 0)}
+            for label, counts in split.per_label.items()
+        },
+        "shortfalls": augmented.shortfalls,
+        "leaky_labels": list(split.leaky_labels),
+    }
+
+
+def prepare_data(outcomes: OutcomeSet, config: PrepareConfig) -> PreparedData:
+    """Augment and split in memory; ``write_prepared`` puts the result on disk."""
+    augmented = augment_outcomes(outcomes, config.augment_factor, config.seed)
+    split = split_rows(augmented.rows, config.train_fraction, config.min_val_per_label, config.seed)
+    return PreparedData(split.train, split.val, build_manifest(outcomes, config, augmented, split))
+
+
+def write_prepared(data: PreparedData, out_dir: str | Path) -> Path:
+    out_dir = Path(out_dir)
+    write_jsonl(out_dir / TRAIN_FILE, (row.to_dict() for row in data.train))
+    write_jsonl(out_dir / VAL_FILE, (row.to_dict() for row in data.val))
+    write_json(out_dir / MANIFEST_FILE, data.manifest)
+    return out_dir
+
+
+def read_prepared(data_dir: str | Path) -> PreparedData:
+    """Read what ``prepare`` wrote; every row is checked, and a missing file says how to make it."""
+    data_dir = Path(data_dir)
+    for name in (TRAIN_FILE, VAL_FILE, MANIFEST_FILE):
+        if not (data_dir / name).is_file():
+            raise IntentflowError(f"{display_path(data_dir / name)} does not exist "
+                                  f"(fix: run `intentflow prepare --out {display_path(data_dir)}` first)")
+    manifest_path = data_dir / MANIFEST_FILE
+    try:
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise IntentflowError(f"{display_path(manifest_path)} is not valid JSON: {error} "
+                              "(fix: run `intentflow prepare` again)") from None
+    train = _rows(data_dir / TRAIN_FILE)
+    val = _rows(data_dir / VAL_FILE)
+    return PreparedData(tuple(train), tuple(val), manifest)
+
+
+def _rows(path: Path) -> list[Row]:
+    texts, labels, records = read_labelled(path, extra_fields=True)
+    return [
+        Row(text, label, str(record.get("original", text)), bool(record.get("synthetic", False)))
+        for text, label, record in zip(texts, labels, records, strict=True)
+    ]
+
+
+def read_labelled(path: str | Path, extra_fields: bool = False) -> tuple[list[str], list[str], list[dict]]:
+    """Read ``{"text": ..., "label": ...}`` per line; every bad line is reported with its number."""
+    path = Path(path)
+    shown = display_path(path)
+    if not path.is_file():
+        raise ValidationFailed([Problem(shown, "", "the file does not exist", "pass an existing JSONL file")])
+    problems: list[Problem] = []
+    texts: list[str] = []
+    labels: list[str] = []
+    records: list[dict] = []
+    try:
+        handle = path.open(encoding="utf-8")
+        with handle:
+            for number, line in enumerate(handle, start=1):
+                if not line.strip():
+                    continue
+                if len(texts) >= MAX_LABELLED_ROWS:
+                    problems.append(Problem(shown, f"line {number}", f"more than {MAX_LABELLED_ROWS:,} rows",
+                                            "split the file"))
+                    break
+                record = _record(line, shown, number, problems)
+                if record is None:
+                    continue
+                texts.append(" ".join(record["text"].split()))
+                labels.append(record["label"])
+                if extra_fields:
+                    records.append(record)
+                if len(problems) >= 50:
+                    break
+    except UnicodeDecodeError as error:
+        problems.append(Problem(shown, "", f"is not valid UTF-8 (byte {error.start})", "save it as UTF-8"))
+    if not problems and not texts:
+        problems.append(Problem(shown, "", "holds no rows", 'write one {"text": ..., "label": ...} per line'))
+    if problems:
+        raise ValidationFailed(problems)
+    return texts, labels, records
+
+
+def _record(line: str, shown: str, number: int, problems: list[Problem]) -> dict | None:
+    where = f"line {number}"
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError as error:
+        problems.append(Problem(shown, where, f"invalid JSON: {error.msg}", "fix the line's JSON syntax"))
+        return None
+    if not isinstance(record, dict):
+        problems.append(Problem(shown, where, "expected a JSON object", 'write {"text": ..., "label": ...}'))
+        return None
+    for key in ("text", "label"):
+        value = record.get(key)
+        if not isinstance(value, str) or not value.strip():
+            problems.append(Problem(shown, f"{where} {key}", "missing, blank or not a string",
+                                    f'give "{key}" a non-blank string'))
+            return None
+    return record

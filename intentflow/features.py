@@ -1,0 +1,76 @@
+"""Bag-of-words features: a vocabulary of words and word pairs, encoded as sparse index bags."""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from collections.abc import Iterable, Iterator, Mapping
+
+import torch
+
+PAD = "<pad>"
+_TOKEN = re.compile(r"[^\W_]+(?:'[^\W_]+)?")
+
+
+def tokenize(text: str) -> list[str]:
+    """Lower-cased words; punctuation and casing carry no intent."""
+    return _TOKEN.findall(text.casefold())
+
+
+def features_of(text: str, word_ngrams: int) -> list[str]:
+    """Distinct words and runs of up to ``word_ngrams`` words, in first-seen order."""
+    words = tokenize(text)
+    found: dict[str, None] = {}
+    for size in range(1, word_ngrams + 1):
+        for start in range(len(words) - size + 1):
+            found[" ".join(words[start:start + size])] = None
+    return list(found)
+
+
+class Vocabulary(Mapping[str, int]):
+    """Feature -> column. Index 0 is padding, so an unknown-only sentence encodes to an empty bag."""
+
+    def __init__(self, features: Iterable[str], word_ngrams: int = 2):
+        self.word_ngrams = word_ngrams
+        self._features = [PAD, *features]
+        self._index = {feature: index for index, feature in enumerate(self._features)}
+
+    def __getitem__(self, feature: str) -> int:
+        return self._index[feature]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._features)
+
+    def __len__(self) -> int:
+        return len(self._features)
+
+    @property
+    def features(self) -> list[str]:
+        """Features in column order, padding excluded."""
+        return self._features[1:]
+
+    def encode(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Index bags ``[rows, width]`` and their weights; each row's weights have unit L2 norm.
+
+        Binary presence normalised by length keeps short and long sentences on one scale.
+        """
+        bags = [[self._index[f] for f in features_of(text, self.word_ngrams) if f in self._index]
+                for text in texts]
+        width = max((len(bag) for bag in bags), default=0) or 1
+        indices = torch.zeros((len(bags), width), dtype=torch.long)
+        weights = torch.zeros((len(bags), width), dtype=torch.float32)
+        for row, bag in enumerate(bags):
+            if bag:
+                indices[row, : len(bag)] = torch.tensor(bag, dtype=torch.long)
+                weights[row, : len(bag)] = 1.0 / len(bag) ** 0.5
+        return indices, weights
+
+
+def build_vocabulary(texts: Iterable[str], word_ngrams: int = 2, min_count: int = 1) -> Vocabulary:
+    """Every feature seen at least ``min_count`` times, most frequent first (ties alphabetical)."""
+    counts: Counter[str] = Counter()
+    for text in texts:
+        counts.update(features_of(text, word_ngrams))
+    kept = sorted((feature for feature, count in counts.items() if count >= min_count),
+                  key=lambda feature: (-counts[feature], feature))
+    return Vocabulary(kept, word_ngrams=word_ngrams)

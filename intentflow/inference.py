@@ -1,0 +1,92 @@
+"""Loading a checkpoint and predicting: ``Classifier`` and the playbook's ``load_classifier``/``predict``."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import torch
+
+from intentflow.checkpoint import load_checkpoint
+from intentflow.errors import IntentflowError
+from intentflow.features import Vocabulary
+from intentflow.model import IntentMLP
+
+# Sentences per forward pass in batch prediction; bounds memory for very large inputs.
+PREDICT_CHUNK = 4096
+
+
+class Prediction(NamedTuple):
+    label: str
+    confidence: float
+
+
+def build_model(payload: dict[str, Any]) -> tuple[IntentMLP, Vocabulary, list[str]]:
+    """Rebuild the network from the config inside a checkpoint and load its weights."""
+    config = payload["config"]
+    model = IntentMLP(config["vocab_size"], config["num_labels"], config["hidden_size"],
+                      config["hidden_layers"], float(config.get("dropout", 0.0)))
+    try:
+        model.load_state_dict(payload["state_dict"])
+    except RuntimeError as error:
+        raise IntentflowError(f"checkpoint weights do not match its config: {str(error).splitlines()[0]} "
+                              "(fix: retrain, or `intentflow rollback`)") from None
+    model.eval()
+    vocab = Vocabulary(payload["vocab"], word_ngrams=int(config["word_ngrams"]))
+    return model, vocab, list(payload["labels"])
+
+
+class Classifier:
+    """A loaded intent model: ``predict(text)`` and ``predict_batch(texts)`` give label and confidence."""
+
+    def __init__(self, model: IntentMLP, vocab: Vocabulary, labels: list[str],
+                 payload: dict[str, Any] | None = None):
+        self.model = model.eval()
+        self.vocab = vocab
+        self.labels = labels
+        self.payload = payload or {}
+
+    @classmethod
+    def load(cls, path: str | Path) -> Classifier:
+        """Load a checkpoint file, or a registry folder's production version."""
+        from intentflow.registry import resolve_checkpoint
+
+        payload = load_checkpoint(resolve_checkpoint(path))
+        model, vocab, labels = build_model(payload)
+        return cls(model, vocab, labels, payload)
+
+    @property
+    def metrics(self) -> dict[str, Any]:
+        return dict(self.payload.get("metrics", {}))
+
+    def probabilities(self, texts: Sequence[str]) -> torch.Tensor:
+        """Softmax over labels, one row per text."""
+        parts = []
+        with torch.inference_mode():
+            for start in range(0, len(texts), PREDICT_CHUNK):
+                indices, weights = self.vocab.encode(list(texts[start:start + PREDICT_CHUNK]))
+                parts.append(torch.softmax(self.model(indices, weights), dim=1))
+        if not parts:
+            return torch.zeros((0, len(self.labels)))
+        return torch.cat(parts)
+
+    def predict_batch(self, texts: Sequence[str]) -> list[Prediction]:
+        confidence, index = self.probabilities(texts).max(dim=1)
+        return [Prediction(self.labels[i], c) for i, c in zip(index.tolist(), confidence.tolist(), strict=True)]
+
+    def predict(self, text: str) -> Prediction:
+        return self.predict_batch([text])[0]
+
+
+def load_classifier(path: str | Path) -> tuple[IntentMLP, Vocabulary, dict[int, str]]:
+    """The playbook's loader: ``model, vocab, idx_to_label = load_classifier(path)``."""
+    classifier = Classifier.load(path)
+    return classifier.model, classifier.vocab, dict(enumerate(classifier.labels))
+
+
+def predict(text: str, model: IntentMLP, vocab: Vocabulary, idx_to_label: dict[int, str]) -> tuple[str, float]:
+    """The playbook's predictor: ``label, confidence = predict(text, model, vocab, idx_to_label)``."""
+    labels = [idx_to_label[index] for index in range(len(idx_to_label))]
+    label, confidence = Classifier(model, vocab, labels).predict(text)
+    return label, confidence

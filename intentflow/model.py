@@ -1,0 +1,38 @@
+"""The classifier network: a bag-of-words MLP whose first layer reads sparse index bags."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+
+class IntentMLP(nn.Module):
+    """``hidden_layers`` x ``hidden_size`` ReLU layers with dropout, then a linear output.
+
+    The first layer is an ``EmbeddingBag`` summing weighted rows: the same function as a linear
+    layer over a dense bag-of-words vector, at the cost of a sentence's words, not the vocabulary.
+    """
+
+    def __init__(self, vocab_size: int, num_labels: int, hidden_size: int, hidden_layers: int,
+                 dropout: float):
+        super().__init__()
+        self.input = nn.EmbeddingBag(vocab_size, hidden_size, mode="sum", padding_idx=0)
+        self.input_bias = nn.Parameter(torch.zeros(hidden_size))
+        bound = 1.0 / math.sqrt(vocab_size)
+        # Linear-layer initialisation keeps the first layer's scale what a dense input layer would have.
+        nn.init.uniform_(self.input.weight, -bound, bound)
+        nn.init.uniform_(self.input_bias, -bound, bound)
+        with torch.no_grad():
+            self.input.weight[0].zero_()
+        self.hidden = nn.ModuleList(nn.Linear(hidden_size, hidden_size) for _ in range(hidden_layers - 1))
+        self.dropout = nn.Dropout(dropout)
+        self.output = nn.Linear(hidden_size, num_labels)
+
+    def forward(self, indices: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        hidden = self.input(indices, per_sample_weights=weights) + self.input_bias
+        hidden = self.dropout(torch.relu(hidden))
+        for layer in self.hidden:
+            hidden = self.dropout(torch.relu(layer(hidden)))
+        return self.output(hidden)

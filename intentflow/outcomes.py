@@ -1,0 +1,359 @@
+"""Outcome definition files: load, validate, and hash what users edit in ``config/outcomes``."""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from intentflow.errors import IntentflowError, Problem, ValidationFailed, display_path
+
+NAME_PATTERN = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
+ALLOWED_KEYS = ("name", "description", "examples", "synonyms", "teach_hints")
+REQUIRED_KEYS = ("name", "examples")
+# Limits keep a runaway file from exhausting memory in augmentation; real outcomes are far smaller.
+MAX_FILE_BYTES = 2_000_000
+MAX_UTTERANCES = 5_000
+MAX_TEXT_CHARS = 500
+MAX_SYNONYM_PHRASES = 200
+MAX_ALTERNATIVES = 50
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """One validated outcome definition."""
+
+    name: str
+    examples: tuple[str, ...]
+    description: str = ""
+    synonyms: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    teach_hints: tuple[str, ...] = ()
+    source: Path | None = field(default=None, compare=False)
+
+    @property
+    def originals(self) -> tuple[str, ...]:
+        """Human-written utterances: examples first, then what users taught."""
+        return self.examples + self.teach_hints
+
+    def to_dict(self) -> dict[str, Any]:
+        data: dict[str, Any] = {"name": self.name}
+        if self.description:
+            data["description"] = self.description
+        data["examples"] = list(self.examples)
+        if self.synonyms:
+            data["synonyms"] = {phrase: list(alts) for phrase, alts in self.synonyms.items()}
+        if self.teach_hints:
+            data["teach_hints"] = list(self.teach_hints)
+        return data
+
+
+@dataclass(frozen=True)
+class OutcomeSet:
+    """All outcomes of one folder, in name order, with the hash of their content."""
+
+    folder: Path
+    outcomes: tuple[Outcome, ...]
+    warnings: tuple[str, ...] = ()
+
+    @property
+    def labels(self) -> list[str]:
+        return [outcome.name for outcome in self.outcomes]
+
+    @property
+    def content_hash(self) -> str:
+        return content_hash(self.outcomes)
+
+    def summary(self) -> dict[str, int]:
+        return {
+            "outcomes": len(self.outcomes),
+            "originals": sum(len(outcome.originals) for outcome in self.outcomes),
+            "examples": sum(len(outcome.examples) for outcome in self.outcomes),
+            "teach_hints": sum(len(outcome.teach_hints) for outcome in self.outcomes),
+            "synonyms": sum(len(outcome.synonyms) for outcome in self.outcomes),
+        }
+
+
+def normalise_text(text: str) -> str:
+    """The form two utterances are compared in: case-folded, whitespace collapsed."""
+    return " ".join(text.casefold().split())
+
+
+def content_hash(outcomes: tuple[Outcome, ...] | list[Outcome]) -> str:
+    """A hash of what the outcomes mean, not how their files are formatted."""
+    canonical = json.dumps(
+        [outcome.to_dict() for outcome in sorted(outcomes, key=lambda o: o.name)],
+        sort_keys=True,
+        ensure_ascii=False,
+        separators=(",", ":"),
+    )
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+def load_outcomes(folder: str | Path) -> OutcomeSet:
+    """Read and validate every ``*.json`` outcome file in ``folder``.
+
+    Raises ``ValidationFailed`` listing every problem found, not just the first.
+    """
+    folder = Path(folder)
+    shown = display_path(folder)
+    if not folder.exists():
+        raise ValidationFailed(
+            [Problem(shown, "", "the outcomes folder does not exist",
+                     "create it with one <name>.json per outcome, or pass --outcomes DIR")]
+        )
+    if not folder.is_dir():
+        raise ValidationFailed(
+            [Problem(shown, "", "is not a folder", "pass the folder holding the outcome files")]
+        )
+    files = sorted(p for p in folder.iterdir() if p.suffix == ".json" and not p.name.startswith("."))
+    if not files:
+        raise ValidationFailed(
+            [Problem(shown, "", "holds no outcome files (*.json)",
+                     "add at least one <name>.json outcome definition")]
+        )
+    problems: list[Problem] = []
+    warnings: list[str] = []
+    outcomes: list[Outcome] = []
+    for path in files:
+        outcome = _load_file(path, folder, problems, warnings)
+        if outcome is not None:
+            outcomes.append(outcome)
+    _check_across_files(outcomes, problems)
+    if problems:
+        raise ValidationFailed(problems)
+    outcomes.sort(key=lambda o: o.name)
+    return OutcomeSet(folder=folder, outcomes=tuple(outcomes), warnings=tuple(warnings))
+
+
+def parse_outcome(data: Any, shown: str, stem: str | None = None) -> tuple[Outcome | None, list[Problem], list[str]]:
+    """Validate one decoded outcome document; ``shown`` names it in messages."""
+    problems: list[Problem] = []
+    warnings: list[str] = []
+    if not isinstance(data, dict):
+        problems.append(Problem(shown, "(top level)", f"expected a JSON object, found {_type_name(data)}",
+                                'write {"name": ..., "examples": [...]}'))
+        return None, problems, warnings
+    for key in data:
+        if key not in ALLOWED_KEYS:
+            close = difflib.get_close_matches(str(key), ALLOWED_KEYS, n=1)
+            fix = f"did you mean '{close[0]}'?" if close else f"remove it; allowed keys: {', '.join(ALLOWED_KEYS)}"
+            problems.append(Problem(shown, str(key), "unknown key", fix))
+    for key in REQUIRED_KEYS:
+        if key not in data:
+            problems.append(Problem(shown, key, "required key is missing", f"add \"{key}\""))
+
+    name = data.get("name")
+    if "name" in data:
+        if not isinstance(name, str):
+            problems.append(Problem(shown, "name", f"expected a string, found {_type_name(name)}",
+                                    'give a name like "pay_bill"'))
+            name = None
+        elif not NAME_PATTERN.match(name):
+            problems.append(Problem(
+                shown, "name", f"'{name}' is not a valid outcome name",
+                "use lowercase letters, digits and underscores, starting with a letter, at most 64 characters",
+            ))
+            name = None
+        elif stem is not None and name != stem:
+            problems.append(Problem(shown, "name", f"'{name}' differs from the file name '{stem}.json'",
+                                    f"rename the file to {name}.json or set \"name\": \"{stem}\""))
+
+    description = data.get("description", "")
+    if not isinstance(description, str):
+        problems.append(Problem(shown, "description", f"expected a string, found {_type_name(description)}",
+                                "write the description as one string, or remove it"))
+        description = ""
+
+    examples = _string_list(data, "examples", shown, problems, required=True)
+    teach_hints = _string_list(data, "teach_hints", shown, problems, required=False)
+    synonyms = _synonyms(data.get("synonyms", {}), shown, problems)
+
+    seen: dict[str, str] = {}
+    for key, texts in (("examples", examples), ("teach_hints", teach_hints)):
+        for index, text in enumerate(texts):
+            norm = normalise_text(text)
+            if norm in seen:
+                problems.append(Problem(shown, f"{key}[{index}]", f"'{text}' repeats {seen[norm]}",
+                                        "remove the repeated utterance"))
+            else:
+                seen[norm] = f"{key}[{index}]"
+
+    originals = [normalise_text(t) for t in examples + teach_hints]
+    for phrase in synonyms:
+        pattern = phrase_pattern(phrase)
+        if not any(pattern.search(text) for text in originals):
+            warnings.append(f"{shown}: synonyms.{phrase}: the phrase appears in no example or teach hint, "
+                            "so it changes nothing")
+
+    if problems or name is None:
+        return None, problems, warnings
+    return (
+        Outcome(name=name, examples=tuple(examples), description=description, synonyms=synonyms,
+                teach_hints=tuple(teach_hints)),
+        problems,
+        warnings,
+    )
+
+
+def phrase_pattern(phrase: str) -> re.Pattern[str]:
+    """Case-insensitive, word-bounded match of a phrase, tolerant of extra spaces inside it."""
+    words = [re.escape(word) for word in phrase.split()]
+    return re.compile(r"(?<!\w)" + r"\s+".join(words) + r"(?!\w)", re.IGNORECASE)
+
+
+def _load_file(path: Path, folder: Path, problems: list[Problem], warnings: list[str]) -> Outcome | None:
+    shown = display_path(path)
+    if path.is_symlink() or not path.is_file():
+        target = path.resolve()
+        if not target.is_relative_to(folder.resolve()):
+            problems.append(Problem(shown, "", "is a link that leads outside the outcomes folder",
+                                    "copy the file into the folder instead of linking to it"))
+            return None
+        if not target.is_file():
+            problems.append(Problem(shown, "", "is not a regular file", "replace it with a JSON file"))
+            return None
+    size = path.stat().st_size
+    if size > MAX_FILE_BYTES:
+        problems.append(Problem(shown, "", f"is {size:,} bytes, over the limit of {MAX_FILE_BYTES:,}",
+                                "keep an outcome to its representative utterances; split huge sets"))
+        return None
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        problems.append(Problem(shown, "", f"is not valid UTF-8 (byte {error.start})",
+                                "save the file with UTF-8 encoding"))
+        return None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as error:
+        problems.append(Problem(shown, f"line {error.lineno} column {error.colno}",
+                                f"invalid JSON: {error.msg}", "fix the JSON syntax at that position"))
+        return None
+    outcome, file_problems, file_warnings = parse_outcome(data, shown, stem=path.stem)
+    problems.extend(file_problems)
+    warnings.extend(file_warnings)
+    if outcome is None:
+        return None
+    return Outcome(name=outcome.name, examples=outcome.examples, description=outcome.description,
+                   synonyms=outcome.synonyms, teach_hints=outcome.teach_hints, source=path)
+
+
+def _check_across_files(outcomes: list[Outcome], problems: list[Problem]) -> None:
+    by_name: dict[str, Outcome] = {}
+    for outcome in outcomes:
+        if outcome.name in by_name:
+            first = by_name[outcome.name]
+            problems.append(Problem(
+                display_path(outcome.source or Path("?")), "name",
+                f"'{outcome.name}' is also the name in {display_path(first.source or Path('?'))}",
+                "give every outcome a unique name",
+            ))
+        else:
+            by_name[outcome.name] = outcome
+    owner: dict[str, tuple[Outcome, str]] = {}
+    for outcome in outcomes:
+        for key, texts in (("examples", outcome.examples), ("teach_hints", outcome.teach_hints)):
+            for index, text in enumerate(texts):
+                norm = normalise_text(text)
+                if norm in owner and owner[norm][0].name != outcome.name:
+                    other, other_field = owner[norm]
+                    problems.append(Problem(
+                        display_path(outcome.source or Path("?")), f"{key}[{index}]",
+                        f"'{text}' conflicts with {display_path(other.source or Path('?'))} "
+                        f"{other_field} (outcome '{other.name}')",
+                        "keep the utterance under one outcome only",
+                    ))
+                else:
+                    owner.setdefault(norm, (outcome, f"{key}[{index}]"))
+
+
+def _string_list(data: dict, key: str, shown: str, problems: list[Problem], required: bool) -> list[str]:
+    if key not in data:
+        return []
+    value = data[key]
+    if not isinstance(value, list):
+        problems.append(Problem(shown, key, f"expected a list of strings, found {_type_name(value)}",
+                                f'write "{key}": ["an utterance", ...]'))
+        return []
+    if required and not value:
+        problems.append(Problem(shown, key, "is empty", "add at least one example utterance"))
+        return []
+    if len(value) > MAX_UTTERANCES:
+        problems.append(Problem(shown, key, f"has {len(value):,} entries, over the limit of {MAX_UTTERANCES:,}",
+                                "keep the most representative utterances; augmentation makes the rest"))
+        return []
+    texts: list[str] = []
+    for index, item in enumerate(value):
+        where = f"{key}[{index}]"
+        if not isinstance(item, str):
+            problems.append(Problem(shown, where, f"expected a string, found {_type_name(item)}",
+                                    "write the utterance as a quoted string"))
+        elif not item.strip():
+            problems.append(Problem(shown, where, "is blank", "write the utterance or remove the entry"))
+        elif len(item) > MAX_TEXT_CHARS:
+            problems.append(Problem(shown, where, f"is {len(item)} characters, over the limit of {MAX_TEXT_CHARS}",
+                                    "shorten it to one utterance"))
+        else:
+            texts.append(" ".join(item.split()))
+    return texts
+
+
+def _synonyms(value: Any, shown: str, problems: list[Problem]) -> dict[str, tuple[str, ...]]:
+    if not isinstance(value, dict):
+        problems.append(Problem(shown, "synonyms", f"expected an object, found {_type_name(value)}",
+                                'write "synonyms": {"phrase": ["alternative", ...]}'))
+        return {}
+    if len(value) > MAX_SYNONYM_PHRASES:
+        problems.append(Problem(shown, "synonyms", f"has {len(value)} phrases, over the limit of "
+                                f"{MAX_SYNONYM_PHRASES}", "keep the phrases that matter"))
+        return {}
+    result: dict[str, tuple[str, ...]] = {}
+    for phrase, alternatives in value.items():
+        where = f"synonyms.{phrase}"
+        if not phrase.strip():
+            problems.append(Problem(shown, "synonyms", "has a blank phrase", "remove the blank key"))
+            continue
+        if not isinstance(alternatives, list) or not alternatives:
+            problems.append(Problem(shown, where, f"expected a non-empty list of strings, found "
+                                    f"{_type_name(alternatives)}", f'write "{phrase}": ["alternative", ...]'))
+            continue
+        if len(alternatives) > MAX_ALTERNATIVES:
+            problems.append(Problem(shown, where, f"has {len(alternatives)} alternatives, over the limit of "
+                                    f"{MAX_ALTERNATIVES}", "keep the common ones"))
+            continue
+        clean: list[str] = []
+        for index, alternative in enumerate(alternatives):
+            if not isinstance(alternative, str):
+                problems.append(Problem(shown, f"{where}[{index}]", f"expected a string, found "
+                                        f"{_type_name(alternative)}", "write the alternative as a quoted string"))
+            elif not alternative.strip():
+                problems.append(Problem(shown, f"{where}[{index}]", "is blank", "remove the blank alternative"))
+            elif normalise_text(alternative) == normalise_text(phrase):
+                problems.append(Problem(shown, f"{where}[{index}]", "is the phrase itself",
+                                        "remove it; list only other wordings"))
+            else:
+                clean.append(" ".join(alternative.split()))
+        result[" ".join(phrase.split())] = tuple(clean)
+    return result
+
+
+def _type_name(value: Any) -> str:
+    return {dict: "an object", list: "a list", str: "a string", bool: "true/false", int: "a number",
+            float: "a number", type(None): "null"}.get(type(value), type(value).__name__)
+
+
+__all__ = [
+    "IntentflowError",
+    "Outcome",
+    "OutcomeSet",
+    "content_hash",
+    "load_outcomes",
+    "normalise_text",
+    "parse_outcome",
+    "phrase_pattern",
+]

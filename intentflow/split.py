@@ -1,0 +1,82 @@
+"""Split without leakage: every sentence derived from one original lands on the same side."""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+from intentflow.augment import Row
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Split:
+    train: tuple[Row, ...]
+    val: tuple[Row, ...]
+    # Outcomes with a single original, split row by row: their validation sentences are paraphrases
+    # of training sentences, so their validation accuracy is optimistic.
+    leaky_labels: tuple[str, ...] = ()
+    per_label: dict[str, dict[str, int]] = field(default_factory=dict)
+
+
+def split_rows(rows: tuple[Row, ...] | list[Row], train_fraction: float, min_val_per_label: int,
+               seed: int) -> Split:
+    """Assign whole groups (an original and its paraphrases) to train or validation, per label."""
+    by_label: dict[str, dict[str, list[Row]]] = defaultdict(lambda: defaultdict(list))
+    for row in rows:
+        by_label[row.label][row.original].append(row)
+    train: list[Row] = []
+    val: list[Row] = []
+    leaky: list[str] = []
+    per_label: dict[str, dict[str, int]] = {}
+    for label in sorted(by_label):
+        groups = by_label[label]
+        rng = random.Random(f"{seed}:split:{label}")
+        total = sum(len(group) for group in groups.values())
+        target = max(min_val_per_label, round((1.0 - train_fraction) * total))
+        if len(groups) >= 2:
+            label_train, label_val = _split_groups(groups, target, min_val_per_label, rng)
+        else:
+            leaky.append(label)
+            label_train, label_val = _split_single_group(next(iter(groups.values())), target, rng)
+            logger.warning("outcome %s has a single original: its validation rows are paraphrases of "
+                           "training rows (leaky); add more examples for an honest score", label)
+        train.extend(label_train)
+        val.extend(label_val)
+        per_label[label] = {
+            "train": len(label_train),
+            "val": len(label_val),
+            "train_originals": sum(not row.synthetic for row in label_train),
+            "val_originals": sum(not row.synthetic for row in label_val),
+        }
+    return Split(train=tuple(train), val=tuple(val), leaky_labels=tuple(leaky), per_label=per_label)
+
+
+def _split_groups(groups: dict[str, list[Row]], target: int, min_val: int,
+                  rng: random.Random) -> tuple[list[Row], list[Row]]:
+    originals = sorted(groups)
+    rng.shuffle(originals)
+    # Try every count of validation groups (at least one left for training) and keep the one whose
+    # size is nearest the target while meeting the minimum, if any count can.
+    best_count, best_key = 1, None
+    size = 0
+    for count in range(1, len(originals)):
+        size += len(groups[originals[count - 1]])
+        key = (size < min_val, abs(size - target))
+        if best_key is None or key < best_key:
+            best_count, best_key = count, key
+    val_originals = set(originals[:best_count])
+    train = [row for original in sorted(groups) if original not in val_originals for row in groups[original]]
+    val = [row for original in sorted(groups) if original in val_originals for row in groups[original]]
+    return train, val
+
+
+def _split_single_group(group: list[Row], target: int, rng: random.Random) -> tuple[list[Row], list[Row]]:
+    originals = [row for row in group if not row.synthetic]
+    synthetic = [row for row in group if row.synthetic]
+    rng.shuffle(synthetic)
+    count = min(target, max(len(synthetic) - 1, 0))
+    return originals + synthetic[count:], synthetic[:count]

@@ -1,0 +1,159 @@
+"""The training loop: forward, loss, backward, step, validate, stop early, keep the best epoch."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from intentflow.config import TrainConfig
+from intentflow.errors import IntentflowError
+from intentflow.features import Vocabulary, build_vocabulary
+from intentflow.model import IntentMLP
+
+logger = logging.getLogger(__name__)
+
+WORD_NGRAMS = 1
+
+
+@dataclass(frozen=True)
+class EpochStats:
+    epoch: int
+    train_loss: float
+    train_accuracy: float
+    val_loss: float | None
+    val_accuracy: float | None
+
+    def to_dict(self) -> dict[str, float | int | None]:
+        return {"epoch": self.epoch, "train_loss": self.train_loss, "train_accuracy": self.train_accuracy,
+                "val_loss": self.val_loss, "val_accuracy": self.val_accuracy}
+
+
+@dataclass
+class TrainedModel:
+    """A trained network with what it needs to read text and name labels."""
+
+    model: IntentMLP
+    vocab: Vocabulary
+    labels: list[str]
+    config: TrainConfig
+    device: str
+    history: list[EpochStats] = field(default_factory=list)
+    best_epoch: int = 0
+    stopped_early: bool = False
+
+    @property
+    def metrics(self) -> dict[str, float | int | bool | None]:
+        best = self.history[self.best_epoch - 1] if self.history else None
+        return {
+            "best_epoch": self.best_epoch,
+            "epochs_run": len(self.history),
+            "stopped_early": self.stopped_early,
+            "train_loss": best.train_loss if best else None,
+            "train_accuracy": best.train_accuracy if best else None,
+            "val_loss": best.val_loss if best else None,
+            "val_accuracy": best.val_accuracy if best else None,
+            "device": self.device,
+        }
+
+
+def resolve_device(requested: str) -> torch.device:
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise IntentflowError("--device cuda was asked for, but PyTorch sees no CUDA GPU "
+                              "(fix: use --device auto or cpu, or install a CUDA build of torch)")
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(requested)
+
+
+def train_model(
+    train_texts: Sequence[str],
+    train_labels: Sequence[str],
+    val_texts: Sequence[str],
+    val_labels: Sequence[str],
+    config: TrainConfig,
+    on_epoch: Callable[[EpochStats, int], None] | None = None,
+) -> TrainedModel:
+    """Train an ``IntentMLP`` and return it with the weights of its best validation epoch."""
+    if not train_texts:
+        raise IntentflowError("the training set is empty (fix: prepare data from at least one outcome)")
+    labels = sorted(set(train_labels))
+    unknown = sorted(set(val_labels) - set(labels))
+    if unknown:
+        raise IntentflowError(f"validation labels not in the training set: {', '.join(unknown)} "
+                              "(fix: re-run prepare so every outcome has training rows)")
+    device = resolve_device(config.device)
+    torch.manual_seed(config.seed)
+    vocab = build_vocabulary(train_texts, word_ngrams=WORD_NGRAMS)
+    label_index = {label: index for index, label in enumerate(labels)}
+
+    # The whole data set lives on the device; batches are drawn by index, with no per-row Python.
+    train_x = [tensor.to(device) for tensor in vocab.encode(list(train_texts))]
+    train_y = torch.tensor([label_index[label] for label in train_labels], device=device)
+    has_val = len(val_texts) > 0
+    if has_val:
+        val_x = [tensor.to(device) for tensor in vocab.encode(list(val_texts))]
+        val_y = torch.tensor([label_index[label] for label in val_labels], device=device)
+    else:
+        logger.warning("no validation rows: early stopping is off; the epoch with the lowest training loss is kept")
+
+    model = IntentMLP(len(vocab), len(labels), config.hidden_size, config.hidden_layers, config.dropout)
+    model.to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    generator = torch.Generator(device=device).manual_seed(config.seed)
+    rows = len(train_y)
+    result = TrainedModel(model=model, vocab=vocab, labels=labels, config=config, device=str(device))
+    best_loss = float("inf")
+    best_state: dict[str, torch.Tensor] | None = None
+    epochs_without_gain = 0
+
+    for epoch in range(1, config.epochs + 1):
+        model.train()
+        loss_sum = torch.zeros((), device=device)
+        correct = torch.zeros((), device=device, dtype=torch.long)
+        order = torch.randperm(rows, generator=generator, device=device)
+        for start in range(0, rows, config.batch_size):
+            batch = order[start:start + config.batch_size]
+            logits = model(train_x[0][batch], train_x[1][batch])
+            loss = F.cross_entropy(logits, train_y[batch])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            # Accumulated on the device and read once per epoch: no host sync inside the loop.
+            loss_sum += loss.detach() * len(batch)
+            correct += (logits.argmax(dim=1) == train_y[batch]).sum()
+        summary = [loss_sum / rows, correct / rows]
+        if has_val:
+            model.eval()
+            with torch.no_grad():
+                val_logits = model(*val_x)
+                summary += [F.cross_entropy(val_logits, val_y), (val_logits.argmax(dim=1) == val_y).float().mean()]
+        values = torch.stack([value.float() for value in summary]).tolist()
+        stats = EpochStats(epoch, values[0], values[1], values[2] if has_val else None,
+                           values[3] if has_val else None)
+        result.history.append(stats)
+        logger.info("epoch %d/%d train loss %.4f acc %.4f%s", epoch, config.epochs, stats.train_loss,
+                    stats.train_accuracy,
+                    f" val loss {stats.val_loss:.4f} acc {stats.val_accuracy:.4f}" if has_val else "")
+        if on_epoch is not None:
+            on_epoch(stats, config.epochs)
+        monitored = stats.val_loss if has_val else stats.train_loss
+        if monitored < best_loss:
+            best_loss = monitored
+            result.best_epoch = epoch
+            best_state = {name: value.detach().clone() for name, value in model.state_dict().items()}
+            epochs_without_gain = 0
+        else:
+            epochs_without_gain += 1
+            if has_val and config.patience and epochs_without_gain >= config.patience:
+                result.stopped_early = True
+                logger.info("early stop at epoch %d: no better validation loss for %d epochs; keeping epoch %d",
+                            epoch, config.patience, result.best_epoch)
+                break
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    model.eval()
+    return result
