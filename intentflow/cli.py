@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -140,6 +141,80 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def _prefect_environment() -> None:
+    # Before Prefect is imported: no analytics, no tracking, wherever the CLI starts a server.
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("DO_NOT_TRACK", "1")
+    # Core modules log through the standard library; this shows their lines in the Prefect UI too.
+    os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "intentflow")
+
+
+def cmd_retrain(args: argparse.Namespace) -> int:
+    _prefect_environment()
+    from prefect import tags
+
+    from flows.retrain import RetrainParameters, retrain
+
+    overrides = {name: getattr(args, name) for name in (*PREPARE_FLAGS, *TRAIN_FLAGS, "seed", "device", "threshold")
+                 if name in RetrainParameters.model_fields and getattr(args, name, None) is not None}
+    try:
+        params = RetrainParameters(outcomes=str(args.outcomes), registry=str(args.registry),
+                                   config=str(args.config) if args.config else None, force=args.force, **overrides)
+    except ValueError as error:
+        raise IntentflowError(f"invalid retrain option: {error}") from None
+    with tags("intentflow", "manual"):
+        state = retrain(params, return_state=True)
+    message = state.message or state.name
+    print(message, file=sys.stdout if state.is_completed() else sys.stderr)
+    return 0 if state.is_completed() else 1
+
+
+def cmd_versions(args: argparse.Namespace) -> int:
+    from intentflow.registry import Registry
+
+    registry = Registry(args.registry)
+    versions = registry.versions()
+    if args.json:
+        print(json.dumps([{"version": v.name, "status": registry.status(v), **v.info} for v in versions], indent=2))
+        return 0
+    if not versions:
+        print(f"no versions in {args.registry}")
+        return 0
+    print(f"{'version':<28} {'status':<11} {'val acc':>8} {'macro-F1':>8}  {'outcomes':>8}  created")
+    for version in versions:
+        info = version.info
+        print(f"{version.name:<28} {registry.status(version):<11} {info.get('val_accuracy', 0):>8.4f} "
+              f"{info.get('macro_f1', 0):>8.4f}  {len(info.get('labels', [])):>8}  {info.get('created_at', '')}")
+    return 0
+
+
+def cmd_rollback(args: argparse.Namespace) -> int:
+    from intentflow.registry import Registry
+
+    event = Registry(args.registry).rollback(to=args.to, why=args.why)
+    print(f"production is now {event['version']} (was {event['previous']}); recorded in history")
+    return 0
+
+
+def cmd_watch(args: argparse.Namespace) -> int:
+    _prefect_environment()
+    from flows.watch import require_server, watch_outcomes
+
+    url = require_server()
+    print(f"watching {args.outcomes} for outcome changes; events go to {url} (Ctrl-C stops)", file=sys.stderr)
+    watch_outcomes(args.outcomes, quiet=args.quiet_seconds)
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    _prefect_environment()
+    from flows.deployments import serve_arguments
+    from flows.retrain import retrain
+
+    retrain.serve(**serve_arguments())
+    return 0
+
+
 def _pct(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.2%}"
 
@@ -213,6 +288,36 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--json", action="store_true", help="one JSON object per line")
     predict.add_argument("texts", nargs="*", help="sentences (default: one per line on standard input)")
     predict.set_defaults(handler=cmd_predict)
+
+    retrain = commands.add_parser("retrain", help="run the Prefect retrain flow once (the main job)")
+    retrain.add_argument("--outcomes", type=Path, default=Path(DEFAULT_OUTCOMES))
+    retrain.add_argument("--registry", type=Path, default=Path(DEFAULT_REGISTRY))
+    retrain.add_argument("--threshold", type=float, default=None, help="validation accuracy needed to promote")
+    retrain.add_argument("--force", action="store_true", help="retrain even when production is up to date")
+    _add_flags(retrain, {**PREPARE_FLAGS, **TRAIN_FLAGS})
+    retrain.add_argument("--seed", type=int, default=None)
+    retrain.add_argument("--device", choices=["auto", "cpu", "cuda"], default=None)
+    _add_config(retrain)
+    retrain.set_defaults(handler=cmd_retrain)
+
+    versions = commands.add_parser("versions", help="list the registry's versions with status and accuracy")
+    versions.add_argument("--registry", type=Path, default=Path(DEFAULT_REGISTRY))
+    versions.add_argument("--json", action="store_true")
+    versions.set_defaults(handler=cmd_versions)
+
+    rollback = commands.add_parser("rollback", help="move production back (to the previous version by default)")
+    rollback.add_argument("--registry", type=Path, default=Path(DEFAULT_REGISTRY))
+    rollback.add_argument("--to", default=None, help="version to serve (default: the one production replaced)")
+    rollback.add_argument("--why", default="manual rollback", help="reason, recorded in the history")
+    rollback.set_defaults(handler=cmd_rollback)
+
+    watch = commands.add_parser("watch", help="emit an event to Prefect per burst of outcome-file edits")
+    watch.add_argument("--outcomes", type=Path, default=Path(DEFAULT_OUTCOMES))
+    watch.add_argument("--quiet-seconds", type=float, default=2.0, help="edits closer than this are one burst")
+    watch.set_defaults(handler=cmd_watch)
+
+    serve = commands.add_parser("serve", help="serve the retrain deployment (monthly cron + outcome trigger)")
+    serve.set_defaults(handler=cmd_serve)
     return parser
 
 

@@ -1,14 +1,283 @@
-"""The model registry on disk (filled in by the orchestration work); here: resolving a checkpoint path."""
+"""The model registry on disk: immutable versions, an atomic production pointer, an append-only history.
+
+Layout of a registry folder (``artifacts/`` by default)::
+
+    intent_model_v2026-11/            one version, written whole (built in a temp folder, then renamed)
+        intent_model_v2026-11.pt      the checkpoint
+        intent_model_v2026-11.pt.metrics.json
+        version.json                  gate decision, accuracy, hashes; never changed after writing
+        evaluation.json, report.md, release_notes.md
+    production.json                   which version serves; replaced atomically
+    history.jsonl                     every promotion and rollback: who, what, when, why
+"""
 
 from __future__ import annotations
 
+import fcntl
+import getpass
+import json
+import os
+import re
+import shutil
+import socket
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
+from intentflow.checkpoint import save_checkpoint
 from intentflow.errors import IntentflowError, display_path
+from intentflow.fileio import TEMP_PREFIX, write_json, write_text
+
+VERSION_PREFIX = "intent_model_v"
+PRODUCTION_FILE = "production.json"
+HISTORY_FILE = "history.jsonl"
+LOCK_FILE = ".lock"
+VERSION_FILE = "version.json"
+_VERSION_NAME = re.compile(rf"^{VERSION_PREFIX}\d{{4}}-\d{{2}}(?:-\d+)?$")
+
+
+@dataclass(frozen=True)
+class Version:
+    name: str
+    path: Path
+    info: dict[str, Any]
+
+    @property
+    def checkpoint(self) -> Path:
+        return self.path / f"{self.name}.pt"
+
+    @property
+    def accepted(self) -> bool:
+        return bool(self.info.get("gate", {}).get("promote"))
+
+
+class Registry:
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+
+    # --- reading -------------------------------------------------------------------------------------------------
+    def versions(self) -> list[Version]:
+        """Complete versions, oldest first. Half-written folders (temp names) are never listed."""
+        if not self.root.is_dir():
+            return []
+        found = []
+        for path in self.root.iterdir():
+            if not (_VERSION_NAME.match(path.name) and path.is_dir()):
+                continue
+            info = _read_json(path / VERSION_FILE)
+            if info is None or not (path / f"{path.name}.pt").is_file():
+                continue
+            found.append(Version(path.name, path, info))
+        return sorted(found, key=lambda v: (v.info.get("created_at", ""), _sequence(v.name)))
+
+    def version(self, name: str) -> Version:
+        for version in self.versions():
+            if version.name == name:
+                return version
+        known = ", ".join(v.name for v in self.versions()) or "none"
+        raise IntentflowError(f"{display_path(self.root)} has no version '{name}' (known: {known}) "
+                              "(fix: pick one from `intentflow versions`)")
+
+    def production_name(self) -> str | None:
+        pointer = _read_json(self.root / PRODUCTION_FILE)
+        return pointer.get("version") if pointer else None
+
+    def production(self) -> Version | None:
+        name = self.production_name()
+        if name is None:
+            return None
+        path = self.root / name
+        info = _read_json(path / VERSION_FILE)
+        if info is None:
+            return Version(name, path, {})
+        return Version(name, path, info)
+
+    def up_to_date(self, outcome_hash: str, config: dict[str, dict[str, Any]]) -> Version | None:
+        """Production, if it was trained on these outcomes with this config (the device aside)."""
+        production = self.production()
+        if production is None or production.info.get("outcome_hash") != outcome_hash:
+            return None
+        return production if _comparable(production.info.get("config", {})) == _comparable(config) else None
+
+    def history(self) -> list[dict[str, Any]]:
+        path = self.root / HISTORY_FILE
+        if not path.is_file():
+            return []
+        events = []
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                events.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue  # a torn last line after a crash; every complete event before it still counts
+        return events
+
+    def status(self, version: Version) -> str:
+        if version.name == self.production_name():
+            return "production"
+        if not version.accepted:
+            return "rejected"
+        promoted = {event.get("version") for event in self.history()}
+        return "previous" if version.name in promoted else "accepted"
+
+    # --- writing -------------------------------------------------------------------------------------------------
+    @contextmanager
+    def lock(self) -> Iterator[None]:
+        """One publisher at a time: an exclusive lock on the registry, released even on a crash."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        with open(self.root / LOCK_FILE, "a+b") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def next_name(self, when: datetime | None = None) -> str:
+        when = when or datetime.now(UTC)
+        base = f"{VERSION_PREFIX}{when:%Y-%m}"
+        taken = {path.name for path in self.root.iterdir()} if self.root.is_dir() else set()
+        if base not in taken:
+            return base
+        number = 2
+        while f"{base}-{number}" in taken:
+            number += 1
+        return f"{base}-{number}"
+
+    def add_version(self, name: str, payload: dict[str, Any], info: dict[str, Any], files: dict[str, str]) -> Version:
+        """Write a complete version folder named ``name`` (from ``next_name``) and return it. Call under ``lock()``."""
+        self.clean_temporary()
+        if (self.root / name).exists():
+            raise IntentflowError(f"version {name} already exists in {display_path(self.root)}")
+        temp = Path(tempfile.mkdtemp(prefix=f"{TEMP_PREFIX}{name}.", dir=self.root))
+        try:
+            save_checkpoint(payload, temp / f"{name}.pt")
+            for filename, text in files.items():
+                write_text(temp / filename, text)
+            info = {"version": name, **info}
+            write_json(temp / VERSION_FILE, info)
+            os.replace(temp, self.root / name)
+            _fsync_dir(self.root)
+        except OSError as error:
+            shutil.rmtree(temp, ignore_errors=True)
+            raise IntentflowError(f"cannot write version {name} in {display_path(self.root)}: {error.strerror} "
+                                  "(fix: free disk space or check permissions; production is unchanged)") from None
+        except BaseException:
+            shutil.rmtree(temp, ignore_errors=True)
+            raise
+        return Version(name, self.root / name, info)
+
+    def promote(self, name: str, why: str, action: str = "promote") -> dict[str, Any]:
+        """Point production at ``name`` atomically and record it. Call under ``lock()``."""
+        version = self.version(name)
+        previous = self.production_name()
+        event = {
+            "time": datetime.now(UTC).isoformat(timespec="seconds"),
+            "action": action,
+            "version": version.name,
+            "previous": previous,
+            "who": _who(),
+            "why": why,
+        }
+        write_json(self.root / PRODUCTION_FILE, {"version": version.name, "since": event["time"],
+                                                 "val_accuracy": version.info.get("val_accuracy")})
+        self._append_history(event)
+        return event
+
+    def rollback(self, to: str | None = None, why: str = "manual rollback") -> dict[str, Any]:
+        """Move production back to ``to``, or to the version production replaced."""
+        with self.lock():
+            current = self.production_name()
+            if to is None:
+                to = self._previous_good(current)
+            target = self.version(to)
+            if not target.accepted:
+                raise IntentflowError(f"version {to} was rejected by the gate (fix: pick an accepted version "
+                                      "from `intentflow versions`)")
+            if to == current:
+                raise IntentflowError(f"{to} is already production (fix: pass --to another version)")
+            return self.promote(to, why=why, action="rollback")
+
+    def clean_temporary(self) -> None:
+        """Remove what a crashed writer left behind; such leftovers never count as versions."""
+        if not self.root.is_dir():
+            return
+        for path in self.root.iterdir():
+            if path.name.startswith(TEMP_PREFIX):
+                if path.is_dir():
+                    shutil.rmtree(path, ignore_errors=True)
+                else:
+                    path.unlink(missing_ok=True)
+
+    def _previous_good(self, current: str | None) -> str:
+        # Walk production's history backwards: the version that served before the current one.
+        for event in reversed(self.history()):
+            if event.get("version") == current and event.get("previous"):
+                return event["previous"]
+        raise IntentflowError(f"{display_path(self.root)} has no earlier production version to roll back to "
+                              "(fix: pass --to VERSION, see `intentflow versions`)")
+
+    def _append_history(self, event: dict[str, Any]) -> None:
+        line = (json.dumps(event, ensure_ascii=False) + "\n").encode("utf-8")
+        descriptor = os.open(self.root / HISTORY_FILE, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(descriptor, line)
+            os.fsync(descriptor)
+        finally:
+            os.close(descriptor)
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
+    """A checkpoint file as given, or a registry folder's production checkpoint."""
     path = Path(path)
-    if path.is_dir():
-        raise IntentflowError(f"{display_path(path)} is a folder (fix: pass a checkpoint file)")
-    return path
+    if not path.is_dir():
+        return path
+    registry = Registry(path)
+    name = registry.production_name()
+    if name is None:
+        raise IntentflowError(f"{display_path(path)} is a folder with no production version "
+                              f"({PRODUCTION_FILE} is missing) (fix: run `intentflow retrain --registry "
+                              f"{display_path(path)}`, or pass a checkpoint file)")
+    checkpoint = path / name / f"{name}.pt"
+    if not checkpoint.is_file():
+        raise IntentflowError(f"production version {name} of {display_path(path)} has no checkpoint "
+                              f"({display_path(checkpoint)} is missing) (fix: `intentflow rollback --registry "
+                              f"{display_path(path)}`)")
+    return checkpoint
+
+
+def _comparable(config: dict[str, Any]) -> dict[str, Any]:
+    # Where a model trained does not change what it is.
+    train = {key: value for key, value in (config.get("train") or {}).items() if key != "device"}
+    return {"prepare": config.get("prepare") or {}, "train": train}
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _sequence(name: str) -> int:
+    match = re.search(r"-(\d+)$", name.removeprefix(VERSION_PREFIX)[7:])
+    return int(match.group(1)) if match else 1
+
+
+def _who() -> str:
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = "unknown"
+    return os.environ.get("INTENTFLOW_ACTOR") or f"{user}@{socket.gethostname()}"
+
+
+def _fsync_dir(path: Path) -> None:
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)

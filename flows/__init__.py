@@ -1,0 +1,1 @@
+"""Prefect flows: the retrain flow, its deployments, and the outcome watcher."""

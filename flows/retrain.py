@@ -1,0 +1,164 @@
+"""The ``retrain`` flow: outcomes -> augment -> split -> train -> evaluate -> gate -> publish."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from prefect import flow, get_run_logger
+from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
+from prefect.runtime import flow_run
+from prefect.states import Completed, Failed, State
+from pydantic import BaseModel, ConfigDict, Field
+
+from intentflow.checkpoint import build_payload, load_checkpoint
+from intentflow.config import load_settings
+from intentflow.errors import IntentflowError
+from intentflow.inference import Classifier, build_model
+from intentflow.outcomes import load_outcomes as read_outcomes
+from intentflow.registry import Registry
+from intentflow.report import release_notes
+from tasks.augment import augment_outcomes
+from tasks.evaluate import evaluate_model
+from tasks.gate import gate_candidate
+from tasks.outcomes import load_outcomes
+from tasks.publish import publish_version
+from tasks.split import split_rows
+from tasks.train import train_model
+
+VERSIONS_ARTIFACT_KEY = "intent-model-versions"
+REPORT_ARTIFACT_KEY = "intent-model-report"
+CHECKPOINT_ARTIFACT_KEY = "intent-model-checkpoint"
+FROM_FILE = "empty = the value in config/training.toml"
+
+
+class RetrainParameters(BaseModel):
+    """Everything a retrain run can be told. Empty overrides keep the value in ``config/training.toml``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    outcomes: str = Field("config/outcomes", description="Folder of outcome definition files")
+    registry: str = Field("artifacts", description="Model registry folder")
+    config: str | None = Field(None, description="Settings file; empty = config/training.toml")
+    augment_factor: int | None = Field(None, ge=0, le=100_000, description=f"Synthetic sentences per outcome "
+                                       f"(playbook 500); {FROM_FILE}")
+    epochs: int | None = Field(None, ge=1, le=100_000, description=f"Most epochs (playbook 1000); {FROM_FILE}")
+    lr: float | None = Field(None, gt=0, le=1, description=f"AdamW learning rate (playbook 0.003); {FROM_FILE}")
+    batch_size: int | None = Field(None, ge=1, le=1_000_000, description=f"Rows per step (playbook 64); {FROM_FILE}")
+    hidden_size: int | None = Field(None, ge=1, le=16_384, description=f"Hidden width (playbook 512); {FROM_FILE}")
+    hidden_layers: int | None = Field(None, ge=1, le=32, description=f"Hidden layers (playbook 4); {FROM_FILE}")
+    dropout: float | None = Field(None, ge=0, lt=1, description=f"Dropout (playbook 0.45); {FROM_FILE}")
+    weight_decay: float | None = Field(None, ge=0, le=1, description=f"Weight decay (playbook 1e-4); {FROM_FILE}")
+    patience: int | None = Field(None, ge=0, description=f"Early-stopping patience, 0 = off (20); {FROM_FILE}")
+    seed: int | None = Field(None, ge=0, description=f"Seed of data and training (playbook 2025); {FROM_FILE}")
+    device: Literal["auto", "cpu", "cuda"] | None = Field(None, description=f"Where to train; {FROM_FILE}")
+    threshold: float | None = Field(None, ge=0, le=2, description=f"Validation accuracy to promote (0.60); {FROM_FILE}")
+    force: bool = Field(False, description="Retrain even when production already matches outcomes and config")
+    changed_paths: list[str] = Field(default_factory=list, description="Outcome files whose change triggered "
+                                     "this run (filled in by the outcome-change trigger)")
+
+    def settings(self) -> Any:
+        train_keys = ("epochs", "lr", "batch_size", "hidden_size", "hidden_layers", "dropout", "weight_decay",
+                      "patience", "seed", "device")
+        return load_settings(self.config).with_overrides(
+            prepare={"augment_factor": self.augment_factor, "seed": self.seed},
+            train={key: getattr(self, key) for key in train_keys},
+            gate={"threshold": self.threshold},
+        )
+
+
+def run_name() -> str:
+    """``retrain-2026-11-24-<hash>``: the date and the outcome content the run trains on."""
+    parameters = flow_run.parameters or {}
+    params = parameters.get("params") or {}
+    folder = params.get("outcomes") if isinstance(params, dict) else getattr(params, "outcomes", None)
+    try:
+        content = read_outcomes(folder or "config/outcomes").content_hash[:8]
+    except IntentflowError:
+        content = "invalid-outcomes"
+    return f"retrain-{datetime.now(UTC):%Y-%m-%d}-{content}"
+
+
+@flow(name="retrain", flow_run_name=run_name, validate_parameters=True, persist_result=False)
+def retrain(params: RetrainParameters = RetrainParameters()) -> State:  # noqa: B008 - the UI form's defaults
+    """Retrain the intent classifier and publish it if it passes the gate."""
+    logger = get_run_logger()
+    try:
+        return _retrain(params, logger)
+    except IntentflowError as error:
+        logger.error("%s", error)
+        return Failed(message=str(error))
+
+
+def _retrain(params: RetrainParameters, logger: Any) -> State:
+    settings = params.settings()
+    if params.changed_paths:
+        logger.info("triggered by changes to: %s", ", ".join(params.changed_paths))
+    outcome_set = load_outcomes(params.outcomes)
+    for warning in outcome_set.warnings:
+        logger.warning("%s", warning)
+    registry = Registry(params.registry)
+    config = {"prepare": settings.prepare.model_dump(), "train": settings.train.model_dump()}
+    current = registry.up_to_date(outcome_set.content_hash, config)
+    if current is not None and not params.force:
+        message = (f"up to date: production {current.name} was trained on these outcomes "
+                   f"({outcome_set.content_hash[:12]}) with this config; pass force to retrain")
+        logger.info(message)
+        _versions_table(registry)
+        return Completed(message=message)
+
+    augmented = augment_outcomes(outcome_set, settings.prepare.augment_factor, settings.prepare.seed)
+    for label, made in augmented.shortfalls.items():
+        logger.warning("%s: %d unique synthetic sentences of %d asked", label, made, augmented.requested)
+    split = split_rows(augmented, settings.prepare.train_fraction, settings.prepare.min_val_per_label,
+                       settings.prepare.seed)
+    for label in split.leaky_labels:
+        logger.warning("%s has a single original: its validation rows paraphrase training rows", label)
+    trained = train_model(split, settings.train)
+    val_texts = [row.text for row in split.val]
+    val_labels = [row.label for row in split.val]
+    payload = build_payload(trained, outcome_hash=outcome_set.content_hash, prepare=settings.prepare.model_dump(),
+                            val_texts=val_texts, val_labels=val_labels)
+    candidate = Classifier(*build_model(payload), payload=payload)
+    evaluation = evaluate_model(candidate, val_texts, val_labels)
+
+    production_version = registry.production()
+    production = production_payload = None
+    if production_version is not None:
+        try:
+            production_payload = load_checkpoint(production_version.checkpoint)
+            production = Classifier(*build_model(production_payload), payload=production_payload)
+        except IntentflowError as error:
+            logger.warning("production %s cannot be loaded, so it is not compared: %s", production_version.name, error)
+    decision = gate_candidate(evaluation.accuracy, trained.labels, val_texts, val_labels, settings.gate,
+                              production, production_version.name if production_version else None)
+    notes = release_notes(payload, production_payload, production_version.name if production_version else None)
+    run = {"flow_run_id": str(flow_run.id), "flow_run_name": flow_run.name, "changed_paths": params.changed_paths}
+    publication = publish_version(params.registry, payload, evaluation, decision, notes, run)
+
+    create_markdown_artifact(key=REPORT_ARTIFACT_KEY, markdown=publication.report,
+                             description=f"{publication.version}: {'promoted' if decision.promote else 'rejected'}")
+    create_link_artifact(key=CHECKPOINT_ARTIFACT_KEY, link=publication.checkpoint.resolve().as_uri(),
+                         link_text=f"{publication.version} checkpoint",
+                         description=f"Checkpoint of {publication.version}")
+    _versions_table(registry)
+    if not decision.promote:
+        return Failed(message=f"gate rejected {publication.version}: {decision.reason}; production "
+                              f"{publication.production or '(none)'} is unchanged")
+    return Completed(message=f"promoted {publication.version} to production: {decision.reason}")
+
+
+def _versions_table(registry: Registry) -> None:
+    rows: list[dict[str, Any]] = [
+        {
+            "version": version.name,
+            "status": registry.status(version),
+            "val_accuracy": round(float(version.info.get("val_accuracy", 0.0)), 4),
+            "macro_f1": round(float(version.info.get("macro_f1", 0.0)), 4),
+            "outcomes": len(version.info.get("labels", [])),
+            "outcome_hash": str(version.info.get("outcome_hash", ""))[:12],
+            "created_at": version.info.get("created_at", ""),
+        }
+        for version in reversed(registry.versions())
+    ]
+    create_table_artifact(key=VERSIONS_ARTIFACT_KEY, table=rows, description="Every intent model version, newest first")

@@ -1,0 +1,64 @@
+"""Publishing: write the candidate into the registry as a version and, if the gate agreed, make it production."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from intentflow.evaluate import Evaluation
+from intentflow.gate import GateDecision
+from intentflow.registry import Registry, Version
+from intentflow.report import run_report
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Publication:
+    version: str
+    checkpoint: Path
+    promoted: bool
+    production: str | None
+    event: dict[str, Any] | None
+    report: str
+
+
+def publish_version(registry_root: str | Path, payload: dict[str, Any], evaluation: Evaluation,
+                    decision: GateDecision, notes: str, run: dict[str, Any] | None = None) -> Publication:
+    """Every candidate becomes a version (rejected ones marked so); only an accepted one moves production."""
+    registry = Registry(registry_root)
+    metrics = payload["metrics"]
+    info = {
+        "created_at": payload.get("created_at"),
+        "val_accuracy": evaluation.accuracy,
+        "macro_f1": evaluation.macro_f1,
+        "val_samples": evaluation.samples,
+        "outcome_hash": payload.get("outcome_hash"),
+        "labels": payload["labels"],
+        "best_epoch": metrics.get("best_epoch"),
+        "epochs_run": metrics.get("epochs_run"),
+        "device": metrics.get("device"),
+        "config": {key: payload["config"].get(key) for key in ("prepare", "train")},
+        "gate": decision.to_dict(),
+        "run": run or {},
+    }
+    with registry.lock():
+        name = registry.next_name()
+        report = run_report(name, evaluation, decision.to_dict(), notes)
+        files = {
+            "evaluation.json": json.dumps(evaluation.to_dict(), indent=2) + "\n",
+            "report.md": report,
+            "release_notes.md": notes + "\n",
+        }
+        version: Version = registry.add_version(name, payload, info, files)
+        event = None
+        if decision.promote:
+            event = registry.promote(version.name, why=decision.reason)
+            logger.info("published %s to production", version.name)
+        else:
+            logger.warning("kept %s as rejected: %s", version.name, decision.reason)
+        production = registry.production_name()
+    return Publication(version.name, version.checkpoint, decision.promote, production, event, report)

@@ -1,0 +1,1 @@
+"""Prefect tasks: one thin adapter per pipeline stage, each wrapping the core function of the same name."""
