@@ -7,13 +7,16 @@ import random
 import re
 from dataclasses import dataclass
 
-from intentflow.outcomes import Outcome, OutcomeSet, normalise_text, phrase_pattern
+from intentflow.features import tokenize
+from intentflow.outcomes import Outcome, OutcomeSet, phrase_pattern
 
 logger = logging.getLogger(__name__)
 
 # Sampling stops after this many draws per requested sentence, so a small outcome whose
 # variants run out ends quickly instead of looping; what was made is reported.
 DRAWS_PER_SENTENCE = 25
+MIN_MISSES = 500
+MISSES_PER_ORIGINAL = 100
 _TRAILING_PUNCTUATION = re.compile(r"[\s.!?]+$")
 _WORD = re.compile(r"[^\W\d_]+(?:'[^\W\d_]+)?")
 
@@ -47,18 +50,19 @@ class Augmented:
 def augment_outcomes(outcomes: OutcomeSet, augment_factor: int, seed: int) -> Augmented:
     """Originals of every outcome plus up to ``augment_factor`` unique synthetic sentences each.
 
-    Deterministic for a seed. Synthetic sentences never repeat an original of any outcome nor a
-    sentence already made for another outcome, so no text carries two labels.
+    Deterministic for a seed. A synthetic sentence reads, word for word, like no sentence derived from
+    another original (of any outcome): otherwise the same features could sit on both sides of the split,
+    or carry two labels.
     """
-    taken: dict[str, str] = {}
+    owner: dict[tuple[str, ...], tuple[str, str]] = {}
     for outcome in outcomes.outcomes:
         for text in outcome.originals:
-            taken[normalise_text(text)] = outcome.name
+            owner.setdefault(word_key(text), (outcome.name, text))
     rows: list[Row] = []
     made: dict[str, int] = {}
     for outcome in outcomes.outcomes:
         rows.extend(Row(text, outcome.name, text, False) for text in outcome.originals)
-        synthetic = _paraphrase(outcome, augment_factor, random.Random(f"{seed}:{outcome.name}"), taken)
+        synthetic = _paraphrase(outcome, augment_factor, random.Random(f"{seed}:{outcome.name}"), owner)
         rows.extend(synthetic)
         made[outcome.name] = len(synthetic)
         if len(synthetic) < augment_factor:
@@ -67,7 +71,13 @@ def augment_outcomes(outcomes: OutcomeSet, augment_factor: int, seed: int) -> Au
     return Augmented(rows=tuple(rows), made=made, requested=augment_factor)
 
 
-def _paraphrase(outcome: Outcome, wanted: int, rng: random.Random, taken: dict[str, str]) -> list[Row]:
+def word_key(text: str) -> tuple[str, ...]:
+    """The words a bag-of-words model sees, in order: casing and punctuation aside."""
+    return tuple(tokenize(text))
+
+
+def _paraphrase(outcome: Outcome, wanted: int, rng: random.Random,
+                owner: dict[tuple[str, ...], tuple[str, str]]) -> list[Row]:
     if wanted <= 0:
         return []
     groups = _synonym_groups(outcome)
@@ -77,19 +87,22 @@ def _paraphrase(outcome: Outcome, wanted: int, rng: random.Random, taken: dict[s
     # Casing and punctuation variants of an original are welcome; the original itself is already a row.
     seen: set[str] = set(originals)
     rows: list[Row] = []
-    draws = 0
-    while len(rows) < wanted and draws < wanted * DRAWS_PER_SENTENCE:
+    draws = misses = 0
+    # Stop when variety runs out: after many draws in a row that found nothing new, or a hard cap.
+    give_up = max(MIN_MISSES, MISSES_PER_ORIGINAL * len(originals))
+    while len(rows) < wanted and draws < wanted * DRAWS_PER_SENTENCE and misses < give_up:
         # Round-robin over originals keeps every original's share even, which the split relies on.
         original = originals[draws % len(originals)]
         draws += 1
+        misses += 1
         text = _variant(original, groups, vocabulary, rng)
         if text in seen:
             continue
-        norm = normalise_text(text)
-        if taken.get(norm, outcome.name) != outcome.name:
+        key = word_key(text)
+        if owner.setdefault(key, (outcome.name, original)) != (outcome.name, original):
             continue
         seen.add(text)
-        taken[norm] = outcome.name
+        misses = 0
         rows.append(Row(text, outcome.name, original, True))
     return rows
 

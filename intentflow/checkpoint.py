@@ -7,7 +7,7 @@ weights_only=True)`` reads it and a checkpoint can never run code when loaded.
 from __future__ import annotations
 
 import pickle
-import zipfile
+import re
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -19,6 +19,7 @@ from intentflow.errors import IntentflowError, display_path
 from intentflow.fileio import atomic_write, write_json
 from intentflow.train import WORD_NGRAMS, TrainedModel
 
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
 FORMAT = "intentflow-checkpoint"
 FORMAT_VERSION = 1
 REQUIRED = {"format": str, "format_version": int, "state_dict": dict, "config": dict, "vocab": list,
@@ -78,12 +79,16 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
-        first = str(error).strip().splitlines()[0] if str(error).strip() else "unsupported content"
+        text = _ANSI.sub("", str(error))
+        if "weights_only" not in text.lower() and "global" not in text.lower():
+            raise IntentflowError(f"checkpoint {shown} is unreadable or corrupt (not a PyTorch file) "
+                                  "(fix: `intentflow rollback` to the previous version, or retrain)") from None
+        detail = next((line.strip() for line in text.splitlines() if "global" in line.lower()), "unsupported content")
         raise IntentflowError(f"checkpoint {shown} was refused: it holds objects that are not plain data "
-                              f"({first}); nothing in it was run (fix: use a checkpoint made by intentflow, "
+                              f"({detail}); nothing in it was run (fix: use a checkpoint made by intentflow, "
                               "or `intentflow rollback` to the previous version)") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as error:
-        raise IntentflowError(f"checkpoint {shown} is unreadable or corrupt ({type(error).__name__}); "
+    except Exception as error:  # noqa: BLE001 - torch.load raises many types for a damaged file
+        raise IntentflowError(f"checkpoint {shown} is unreadable or corrupt ({type(error).__name__}) "
                               "(fix: `intentflow rollback` to the previous version, or retrain)") from None
     _check_payload(payload, shown)
     return payload

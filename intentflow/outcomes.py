@@ -118,8 +118,9 @@ def load_outcomes(folder: str | Path) -> OutcomeSet:
     problems: list[Problem] = []
     warnings: list[str] = []
     outcomes: list[Outcome] = []
+    declared: dict[str, Path] = {}
     for path in files:
-        outcome = _load_file(path, folder, problems, warnings)
+        outcome = _load_file(path, folder, problems, warnings, declared)
         if outcome is not None:
             outcomes.append(outcome)
     _check_across_files(outcomes, problems)
@@ -152,7 +153,7 @@ def parse_outcome(data: Any, shown: str, stem: str | None = None) -> tuple[Outco
             problems.append(Problem(shown, "name", f"expected a string, found {_type_name(name)}",
                                     'give a name like "pay_bill"'))
             name = None
-        elif not NAME_PATTERN.match(name):
+        elif not NAME_PATTERN.fullmatch(name):
             problems.append(Problem(
                 shown, "name", f"'{name}' is not a valid outcome name",
                 "use lowercase letters, digits and underscores, starting with a letter, at most 64 characters",
@@ -205,7 +206,8 @@ def phrase_pattern(phrase: str) -> re.Pattern[str]:
     return re.compile(r"(?<!\w)" + r"\s+".join(words) + r"(?!\w)", re.IGNORECASE)
 
 
-def _load_file(path: Path, folder: Path, problems: list[Problem], warnings: list[str]) -> Outcome | None:
+def _load_file(path: Path, folder: Path, problems: list[Problem], warnings: list[str],
+               declared: dict[str, Path]) -> Outcome | None:
     shown = display_path(path)
     if path.is_symlink() or not path.is_file():
         target = path.resolve()
@@ -234,6 +236,14 @@ def _load_file(path: Path, folder: Path, problems: list[Problem], warnings: list
         problems.append(Problem(shown, f"line {error.lineno} column {error.colno}",
                                 f"invalid JSON: {error.msg}", "fix the JSON syntax at that position"))
         return None
+    name = data.get("name") if isinstance(data, dict) else None
+    if isinstance(name, str) and NAME_PATTERN.fullmatch(name):
+        # Checked here, before the file-name check, so a copied file names the file that has the name already.
+        if name in declared:
+            problems.append(Problem(shown, "name", f"'{name}' is also the name in {display_path(declared[name])}",
+                                    "give every outcome a unique name (and its file the same stem)"))
+            return None
+        declared[name] = path
     outcome, file_problems, file_warnings = parse_outcome(data, shown, stem=path.stem)
     problems.extend(file_problems)
     warnings.extend(file_warnings)
@@ -244,17 +254,6 @@ def _load_file(path: Path, folder: Path, problems: list[Problem], warnings: list
 
 
 def _check_across_files(outcomes: list[Outcome], problems: list[Problem]) -> None:
-    by_name: dict[str, Outcome] = {}
-    for outcome in outcomes:
-        if outcome.name in by_name:
-            first = by_name[outcome.name]
-            problems.append(Problem(
-                display_path(outcome.source or Path("?")), "name",
-                f"'{outcome.name}' is also the name in {display_path(first.source or Path('?'))}",
-                "give every outcome a unique name",
-            ))
-        else:
-            by_name[outcome.name] = outcome
     owner: dict[str, tuple[Outcome, str]] = {}
     for outcome in outcomes:
         for key, texts in (("examples", outcome.examples), ("teach_hints", outcome.teach_hints)):

@@ -1,0 +1,235 @@
+"""Checkpoints: plain data on disk, identical predictions after reload, and nothing in them ever runs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from intentflow.checkpoint import FORMAT_VERSION, build_payload, load_checkpoint, metrics_path, save_checkpoint
+from intentflow.errors import IntentflowError
+from intentflow.inference import Classifier, load_classifier, predict
+from intentflow.model import IntentMLP
+
+from .helpers import TOY
+
+PROBES = [
+    "what is the weather today",
+    "WILL IT RAIN TOMORROW?!",
+    "play some jazz",
+    "wake me at seven please",
+    "completely unknown words here",
+    "",
+    "set an alarm and play music and check the weather forecast for the weekend",
+]
+
+
+@pytest.fixture(scope="module")
+def checkpoint(toy_model, tmp_path_factory) -> Path:
+    data, trained = toy_model.data, toy_model.trained
+    payload = build_payload(trained, outcome_hash=toy_model.outcomes.content_hash, prepare={"seed": 1},
+                            val_texts=[row.text for row in data.val], val_labels=[row.label for row in data.val])
+    return save_checkpoint(payload, tmp_path_factory.mktemp("checkpoint") / "model.pt")
+
+
+@pytest.fixture(scope="module")
+def in_memory(toy_model) -> Classifier:
+    trained = toy_model.trained
+    return Classifier(trained.model, trained.vocab, trained.labels)
+
+
+def test_checkpoint_loads_with_weights_only(checkpoint, toy_model):
+    payload = torch.load(checkpoint, map_location="cpu", weights_only=True)
+
+    trained = toy_model.trained
+    assert payload["format"] == "intentflow-checkpoint"
+    assert payload["labels"] == trained.labels == sorted(TOY)
+    assert payload["vocab"] == trained.vocab.features
+    assert payload["metrics"] == trained.metrics
+    assert payload["outcome_hash"] == toy_model.outcomes.content_hash
+    assert payload["config"]["train"] == trained.config.model_dump()
+    assert payload["validation"]["text"] == [row.text for row in toy_model.data.val]
+    assert len(payload["history"]) == len(trained.history)
+    for name, value in trained.model.state_dict().items():
+        assert torch.equal(payload["state_dict"][name], value.cpu()), name
+
+
+def test_playbook_architecture_keys_rebuild_the_network(checkpoint):
+    payload = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    config = payload["config"]
+
+    model = IntentMLP(config["vocab_size"], config["num_labels"], config["hidden_size"], config["hidden_layers"],
+                      config["dropout"])
+
+    model.load_state_dict(payload["state_dict"])  # strict: raises on any missing or unexpected key
+    assert config["vocab_size"] == len(payload["vocab"]) + 1
+    assert (config["hidden_size"], config["hidden_layers"]) == (32, 1)
+
+
+def test_metrics_file_is_written_beside_the_checkpoint(checkpoint, toy_model):
+    path = checkpoint.with_name("model.pt.metrics.json")
+
+    assert metrics_path(checkpoint) == path
+    metrics = json.loads(path.read_text())
+    assert metrics == {**toy_model.trained.metrics, "outcome_hash": toy_model.outcomes.content_hash,
+                       "labels": sorted(TOY), "checkpoint": "model.pt"}
+    assert not [p for p in checkpoint.parent.iterdir() if p.name.startswith(".tmp-")]
+
+
+def test_reloaded_classifier_predicts_identically(checkpoint, in_memory, toy_model):
+    loaded = Classifier.load(checkpoint)
+
+    assert loaded.labels == in_memory.labels
+    assert loaded.predict_batch(PROBES) == in_memory.predict_batch(PROBES)
+    assert loaded.metrics == toy_model.trained.metrics
+    assert not loaded.model.training
+
+
+def test_batched_equals_one_by_one(checkpoint):
+    classifier = Classifier.load(checkpoint)
+
+    batched = classifier.predict_batch(PROBES)
+    single = [classifier.predict(text) for text in PROBES]
+
+    assert [p.label for p in batched] == [p.label for p in single]
+    for many, one in zip(batched, single, strict=True):
+        assert many.confidence == pytest.approx(one.confidence, abs=1e-6)
+
+
+def test_batches_larger_than_a_chunk_equal_one_by_one(checkpoint, monkeypatch):
+    monkeypatch.setattr("intentflow.inference.PREDICT_CHUNK", 3)
+    classifier = Classifier.load(checkpoint)
+
+    batched = classifier.predict_batch(PROBES)
+
+    assert len(batched) == len(PROBES)
+    for text, many in zip(PROBES, batched, strict=True):
+        one = classifier.predict(text)
+        assert many.label == one.label
+        assert many.confidence == pytest.approx(one.confidence, abs=1e-6)
+
+
+def test_predictions_ignore_case_and_punctuation(checkpoint):
+    classifier = Classifier.load(checkpoint)
+
+    plain = classifier.predict("will it rain tomorrow")
+
+    assert classifier.predict("Will it RAIN tomorrow?!") == plain
+
+
+def test_training_originals_are_predicted_correctly_after_reload(checkpoint):
+    classifier = Classifier.load(checkpoint)
+
+    for name, data in TOY.items():
+        assert [p.label for p in classifier.predict_batch(data["examples"])] == [name] * len(data["examples"])
+
+
+def test_playbook_snippet(checkpoint):
+    model, vocab, idx_to_label = load_classifier(checkpoint)
+
+    label, confidence = predict("is it sunny outside", model, vocab, idx_to_label)
+
+    assert type(label) is str and type(confidence) is float
+    assert label == "check_weather"
+    assert 0.0 <= confidence <= 1.0
+    assert idx_to_label == dict(enumerate(sorted(TOY)))
+    assert (label, confidence) == tuple(Classifier.load(checkpoint).predict("is it sunny outside"))
+
+
+class _WritesMarker:
+    """Unpickling this runs ``exec``: exactly what a checkpoint must never be able to do."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (exec, (f"open({str(self.marker)!r}, 'w').write('ran')",))
+
+
+def test_checkpoint_that_would_run_code_is_refused(checkpoint, tmp_path):
+    payload = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    marker = tmp_path / "marker"
+    evil = tmp_path / "evil.pt"
+    torch.save({**payload, "metrics": {**payload["metrics"], "note": _WritesMarker(marker)}}, evil)
+
+    with pytest.raises(IntentflowError) as info:
+        Classifier.load(evil)
+
+    assert not marker.exists()
+    assert str(evil) in str(info.value)
+    assert "refused" in str(info.value)
+    with pytest.raises(IntentflowError):
+        load_checkpoint(evil)
+    assert not marker.exists()
+    # The file really is dangerous: an unsafe load runs it. This proves the test above could fail.
+    proof = tmp_path / "proof.pt"
+    torch.save({"x": _WritesMarker(tmp_path / "proof")}, proof)
+    torch.load(proof, weights_only=False)
+    assert (tmp_path / "proof").read_text() == "ran"
+
+
+@pytest.mark.parametrize(
+    "corrupt",
+    [
+        pytest.param(lambda raw: raw[: len(raw) // 2], id="truncated-half"),
+        pytest.param(lambda raw: raw[:100], id="truncated-header"),
+        pytest.param(lambda raw: b"", id="empty"),
+        pytest.param(lambda raw: raw[:200] + bytes(len(raw) - 200), id="zeroed-tail"),
+    ],
+)
+def test_corrupt_checkpoint_names_the_file(checkpoint, tmp_path, corrupt):
+    broken = tmp_path / "broken.pt"
+    broken.write_bytes(corrupt(checkpoint.read_bytes()))
+
+    with pytest.raises(IntentflowError) as info:
+        Classifier.load(broken)
+
+    assert str(broken) in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        pytest.param(b"hello world", id="text"),
+        pytest.param(b"\x00", id="one-byte"),
+        pytest.param(b"version https://git-lfs.github.com/spec/v1\noid sha256:abc\nsize 12\n", id="lfs-pointer"),
+    ],
+)
+def test_non_checkpoint_file_is_an_intentflow_error(tmp_path, content):
+    broken = tmp_path / "notes.pt"
+    broken.write_bytes(content)
+
+    with pytest.raises(IntentflowError) as info:
+        load_checkpoint(broken)
+
+    assert str(broken) in str(info.value)
+
+
+def test_missing_checkpoint_names_the_file(tmp_path):
+    with pytest.raises(IntentflowError, match="does not exist") as info:
+        Classifier.load(tmp_path / "absent.pt")
+
+    assert str(tmp_path / "absent.pt") in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        pytest.param(lambda p: p.update(format="something-else"), "is not an intentflow checkpoint", id="format"),
+        pytest.param(lambda p: p.update(format_version=FORMAT_VERSION + 1), "upgrade intentflow", id="newer"),
+        pytest.param(lambda p: p.update(labels=p["labels"][:-1]), "do not match its config", id="labels"),
+        pytest.param(lambda p: p.pop("state_dict"), "lacks a valid 'state_dict'", id="no-weights"),
+        pytest.param(lambda p: p["config"].update(hidden_size="32"), "config.hidden_size", id="config-type"),
+        pytest.param(lambda p: p["config"].update(hidden_size=64), "weights do not match its config", id="shape"),
+    ],
+)
+def test_inconsistent_checkpoint_is_refused(checkpoint, tmp_path, change, message):
+    payload = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    change(payload)
+    bad = tmp_path / "bad.pt"
+    torch.save(payload, bad)
+
+    with pytest.raises(IntentflowError, match=message):
+        Classifier.load(bad)

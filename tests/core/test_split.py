@@ -1,0 +1,122 @@
+"""The split keeps every original and its paraphrases on one side, and says when it cannot."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from intentflow.augment import augment_outcomes
+from intentflow.config import PrepareConfig
+from intentflow.dataset import prepare_data
+from intentflow.outcomes import Outcome, OutcomeSet, load_outcomes, normalise_text
+from intentflow.split import split_rows
+
+
+def groups(rows) -> set[tuple[str, str]]:
+    return {(row.label, row.original) for row in rows}
+
+
+def assert_partition(rows, split) -> None:
+    """Every row lands on exactly one side, none lost, none copied."""
+    key = lambda row: (row.label, row.text)  # noqa: E731
+    assert Counter(map(key, split.train)) + Counter(map(key, split.val)) == Counter(map(key, rows))
+
+
+@pytest.mark.parametrize("seed", [1, 2025])
+def test_bundled_outcomes_no_original_on_both_sides(bundled_outcomes, seed):
+    rows = augment_outcomes(bundled_outcomes, 30, seed=seed).rows
+
+    split = split_rows(rows, train_fraction=0.9, min_val_per_label=10, seed=seed)
+
+    assert groups(split.train) & groups(split.val) == set()
+    assert_partition(rows, split)
+    assert split.leaky_labels == ()
+    for label in bundled_outcomes.labels:
+        counts = split.per_label[label]
+        assert counts["val"] >= 10, (label, counts)
+        assert counts["train_originals"] >= 1 and counts["val_originals"] >= 1, (label, counts)
+
+
+def test_toy_set_no_original_on_both_sides(toy_folder):
+    outcomes = load_outcomes(toy_folder)
+    rows = augment_outcomes(outcomes, 20, seed=3).rows
+
+    split = split_rows(rows, train_fraction=0.75, min_val_per_label=5, seed=3)
+
+    assert groups(split.train) & groups(split.val) == set()
+    assert_partition(rows, split)
+    for label in outcomes.labels:
+        val_rows = [row for row in split.val if row.label == label]
+        assert len(val_rows) >= 5
+        # Whole groups only: every validation group holds its original, not just paraphrases.
+        assert {row.original for row in val_rows} == {row.text for row in val_rows if not row.synthetic}
+
+
+def test_per_label_counts_match_the_rows(toy_folder):
+    rows = augment_outcomes(load_outcomes(toy_folder), 20, seed=3).rows
+
+    split = split_rows(rows, train_fraction=0.75, min_val_per_label=5, seed=3)
+
+    for label, counts in split.per_label.items():
+        train = [row for row in split.train if row.label == label]
+        val = [row for row in split.val if row.label == label]
+        assert counts == {"train": len(train), "val": len(val),
+                          "train_originals": sum(not row.synthetic for row in train),
+                          "val_originals": sum(not row.synthetic for row in val)}
+
+
+def test_min_val_per_label_is_met_when_possible_and_training_keeps_a_group():
+    outcome = Outcome(name="pay_bill", examples=("pay my bill", "settle the bill", "clear my balance"))
+    rows = augment_outcomes(OutcomeSet(Path("."), (outcome,)), 9, seed=1).rows  # 3 groups of 4 rows
+
+    reachable = split_rows(rows, train_fraction=0.99, min_val_per_label=8, seed=1)
+    unreachable = split_rows(rows, train_fraction=0.99, min_val_per_label=50, seed=1)
+
+    assert len(reachable.val) == 8
+    assert len(reachable.train) == 4
+    # Asking for more than exists still leaves one whole group to train on.
+    assert len(unreachable.train) == 4 and len(unreachable.val) == 8
+    assert groups(unreachable.train) & groups(unreachable.val) == set()
+
+
+def test_split_is_deterministic_for_a_seed(toy_folder):
+    rows = augment_outcomes(load_outcomes(toy_folder), 20, seed=3).rows
+
+    first = split_rows(rows, 0.75, 5, seed=9)
+
+    assert split_rows(rows, 0.75, 5, seed=9) == first
+    assert {split_rows(rows, 0.75, 5, seed=s).val for s in range(10)} != {first.val}
+
+
+def test_single_original_falls_back_and_is_reported_leaky(make_outcomes, toy_definitions):
+    toy_definitions["greet"] = {"name": "greet", "examples": ["hello there friend"]}
+    outcomes = load_outcomes(make_outcomes(toy_definitions))
+
+    data = prepare_data(outcomes, PrepareConfig(augment_factor=20, min_val_per_label=5, seed=2))
+    split = split_rows(augment_outcomes(outcomes, 20, seed=2).rows, 0.9, 5, seed=2)
+
+    assert split.leaky_labels == ("greet",)
+    assert data.manifest["leaky_labels"] == ["greet"]
+    greet_train = [row for row in data.train if row.label == "greet"]
+    greet_val = [row for row in data.val if row.label == "greet"]
+    # The only original trains; validation gets paraphrases of it, which is why it is flagged.
+    assert [row.text for row in greet_train if not row.synthetic] == ["hello there friend"]
+    assert len(greet_val) == 5 and all(row.synthetic for row in greet_val)
+    assert {row.text for row in greet_train}.isdisjoint(row.text for row in greet_val)
+
+
+def test_no_sentence_is_on_both_sides_when_originals_are_near_duplicates():
+    shop = Outcome(name="shop", examples=("add milk to list", "add milk to my list", "put eggs on list",
+                                          "buy bread today"))
+    music = Outcome(name="music", examples=("play some jazz", "play the radio", "turn music on"))
+    leaks = {}
+    for seed in range(10):
+        rows = augment_outcomes(OutcomeSet(Path("."), (music, shop)), 200, seed=seed).rows
+        split = split_rows(rows, 0.5, 2, seed=seed)
+        both = {normalise_text(r.text) for r in split.train} & {normalise_text(r.text) for r in split.val}
+        if both:
+            leaks[seed] = sorted(both)
+
+    assert leaks == {}

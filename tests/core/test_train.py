@@ -1,0 +1,129 @@
+"""The training loop overfits a learnable toy set, is reproducible, and keeps the best epoch's weights."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from intentflow.config import PrepareConfig
+from intentflow.dataset import prepare_data
+from intentflow.errors import IntentflowError
+from intentflow.inference import Classifier
+from intentflow.outcomes import load_outcomes
+from intentflow.train import train_model
+
+from .helpers import TOY, tiny_train_config
+
+
+@pytest.fixture
+def toy_rows(toy_folder):
+    data = prepare_data(load_outcomes(toy_folder), PrepareConfig(augment_factor=12, min_val_per_label=2, seed=1))
+    return data
+
+
+def texts_labels(rows) -> tuple[list[str], list[str]]:
+    return [row.text for row in rows], [row.label for row in rows]
+
+
+def test_overfits_the_toy_set(toy_rows):
+    texts, labels = texts_labels(toy_rows.train + toy_rows.val)
+
+    trained = train_model(texts, labels, [], [], tiny_train_config(epochs=60, patience=0))
+
+    assert max(stats.train_accuracy for stats in trained.history) == 1.0
+    classifier = Classifier(trained.model, trained.vocab, trained.labels)
+    assert [p.label for p in classifier.predict_batch(texts)] == labels
+    originals = [(text, name) for name, data in TOY.items() for text in data["examples"]]
+    assert [classifier.predict(text).label for text, _ in originals] == [name for _, name in originals]
+    assert trained.labels == sorted(TOY)
+    assert len(trained.history) == 60 and not trained.stopped_early
+
+
+def test_generalises_to_held_out_originals_of_the_toy_set(toy_rows):
+    trained = train_model(*texts_labels(toy_rows.train), *texts_labels(toy_rows.val), tiny_train_config())
+
+    # Validation holds whole originals the network never saw, so this is not memorisation.
+    assert trained.metrics["val_accuracy"] >= 0.9
+    assert trained.metrics["train_accuracy"] == 1.0
+
+
+def test_same_data_seed_and_device_give_identical_runs(toy_rows):
+    args = (*texts_labels(toy_rows.train), *texts_labels(toy_rows.val))
+    config = tiny_train_config(epochs=15, dropout=0.3)
+
+    first = train_model(*args, config)
+    second = train_model(*args, config)
+    other_seed = train_model(*args, tiny_train_config(epochs=15, dropout=0.3, seed=4))
+
+    assert first.history == second.history
+    assert first.metrics == second.metrics
+    assert first.model.state_dict().keys() == second.model.state_dict().keys()
+    for name, value in first.model.state_dict().items():
+        assert torch.equal(value, second.model.state_dict()[name]), name
+    assert first.history != other_seed.history
+
+
+def val_loss_of(trained, texts: list[str], labels: list[str]) -> float:
+    index = {label: i for i, label in enumerate(trained.labels)}
+    trained.model.eval()
+    with torch.no_grad():
+        logits = trained.model(*trained.vocab.encode(texts))
+        return F.cross_entropy(logits, torch.tensor([index[label] for label in labels])).item()
+
+
+def test_early_stopping_restores_the_best_epoch(toy_rows):
+    train_texts, train_labels = texts_labels(toy_rows.train)
+    # Honest validation rows plus a few training sentences with wrong labels: validation loss first falls,
+    # then rises as the network grows confident on the training labels.
+    wrong = {"check_weather": "play_music", "play_music": "set_alarm", "set_alarm": "check_weather"}
+    val_texts = [row.text for row in toy_rows.val] + train_texts[:6]
+    val_labels = [row.label for row in toy_rows.val] + [wrong[label] for label in train_labels[:6]]
+    patience = 2
+
+    trained = train_model(train_texts, train_labels, val_texts, val_labels,
+                          tiny_train_config(epochs=60, patience=patience))
+
+    assert trained.stopped_early
+    assert trained.best_epoch > 1
+    assert len(trained.history) == trained.best_epoch + patience < 60
+    best = trained.history[trained.best_epoch - 1]
+    assert best.val_loss == min(stats.val_loss for stats in trained.history)
+    restored = val_loss_of(trained, val_texts, val_labels)
+    assert restored == pytest.approx(best.val_loss, abs=1e-5)
+    # The restore matters: the last epoch's weights scored differently.
+    assert abs(trained.history[-1].val_loss - best.val_loss) > 1e-3
+    assert trained.metrics == {
+        "best_epoch": trained.best_epoch, "epochs_run": len(trained.history), "stopped_early": True,
+        "train_loss": best.train_loss, "train_accuracy": best.train_accuracy, "val_loss": best.val_loss,
+        "val_accuracy": best.val_accuracy, "device": "cpu",
+    }
+
+
+def test_patience_zero_trains_every_epoch(toy_rows):
+    wrong = {"check_weather": "play_music", "play_music": "set_alarm", "set_alarm": "check_weather"}
+    texts, labels = texts_labels(toy_rows.train)
+
+    trained = train_model(texts, labels, texts, [wrong[label] for label in labels],
+                          tiny_train_config(epochs=12, patience=0))
+
+    assert len(trained.history) == 12
+    assert not trained.stopped_early
+    assert trained.best_epoch < 12
+
+
+def test_empty_training_set_is_refused():
+    with pytest.raises(IntentflowError, match="training set is empty"):
+        train_model([], [], [], [], tiny_train_config())
+
+
+def test_validation_label_unknown_to_training_is_refused():
+    with pytest.raises(IntentflowError, match="validation labels not in the training set: greet"):
+        train_model(["wake me up", "play jazz"], ["set_alarm", "play_music"], ["hello"], ["greet"],
+                    tiny_train_config())
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_asking_for_cuda_without_a_gpu_is_an_error():
+    with pytest.raises(IntentflowError, match="--device cuda"):
+        train_model(["wake me up"], ["set_alarm"], [], [], tiny_train_config(device="cuda"))
