@@ -34,9 +34,13 @@ def load_prefect_yaml(path: str | Path = PREFECT_YAML) -> dict[str, Any]:
     except (OSError, yaml.YAMLError) as error:
         raise IntentflowError(f"{shown}: cannot read: {error} (fix: restore prefect.yaml)") from None
     problems = _unknown(data, ALLOWED_TOP, "")
+    if problems and not isinstance(data, dict):
+        raise IntentflowError(f"{shown} is invalid:\n  - " + "\n  - ".join(problems))
     for index, deployment in enumerate(data.get("deployments") or []):
         where = f"deployments[{index}]"
         problems += _unknown(deployment, ALLOWED_DEPLOYMENT, where)
+        if not isinstance(deployment, dict):
+            continue
         for number, schedule in enumerate(deployment.get("schedules") or []):
             problems += _unknown(schedule, ALLOWED_SCHEDULE, f"{where}.schedules[{number}]")
         problems += _unknown(deployment.get("work_pool") or {}, ALLOWED_WORK_POOL, f"{where}.work_pool")
@@ -45,7 +49,8 @@ def load_prefect_yaml(path: str | Path = PREFECT_YAML) -> dict[str, Any]:
     try:
         PrefectYamlModel.model_validate(data)
         for deployment in data.get("deployments") or []:
-            TypeAdapter(list[DeploymentEventTrigger]).validate_python(deployment.get("triggers") or [])
+            if isinstance(deployment, dict):
+                TypeAdapter(list[DeploymentEventTrigger]).validate_python(deployment.get("triggers") or [])
     except ValidationError as error:
         problems.append(str(error))
     if problems:
@@ -63,7 +68,8 @@ def deployment_spec(name: str = RETRAIN_DEPLOYMENT, path: str | Path = PREFECT_Y
 def serve_arguments(name: str = RETRAIN_DEPLOYMENT, path: str | Path = PREFECT_YAML) -> dict[str, Any]:
     """Arguments for ``Flow.serve`` equal to the deployment's schedule, trigger, limit and tags."""
     spec = deployment_spec(name, path)
-    schedules = [Cron(item["cron"], timezone=item.get("timezone"), active=item.get("active", True))
+    schedules = [Cron(item["cron"], timezone=item.get("timezone"), day_or=item.get("day_or", True),
+                      active=item.get("active", True), parameters=item.get("parameters"), slug=item.get("slug"))
                  for item in spec.get("schedules") or []]
     return {
         "name": spec["name"],

@@ -1,7 +1,8 @@
 """The ``retrain`` flow: outcomes -> augment -> split -> train -> evaluate -> gate -> publish."""
 
-from __future__ import annotations
-
+# No `from __future__ import annotations` here: `intentflow serve` sends the flow function to each run's process by
+# value (cloudpickle), without this module's globals, so a string annotation "RetrainParameters" could not be resolved
+# there and every served run would fail parameter validation. Real annotations are pickled by reference.
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -52,7 +53,7 @@ class RetrainParameters(BaseModel):
     patience: int | None = Field(None, ge=0, description=f"Early-stopping patience, 0 = off (20); {FROM_FILE}")
     seed: int | None = Field(None, ge=0, description=f"Seed of data and training (playbook 2025); {FROM_FILE}")
     device: Literal["auto", "cpu", "cuda"] | None = Field(None, description=f"Where to train; {FROM_FILE}")
-    threshold: float | None = Field(None, ge=0, le=2, description=f"Validation accuracy to promote (0.60); {FROM_FILE}")
+    threshold: float | None = Field(None, ge=0, le=1, description=f"Validation accuracy to promote (0.60); {FROM_FILE}")
     force: bool = Field(False, description="Retrain even when production already matches outcomes and config")
     changed_paths: list[str] = Field(default_factory=list, description="Outcome files whose change triggered "
                                      "this run (filled in by the outcome-change trigger)")

@@ -14,7 +14,8 @@ from watchfiles import watch
 from intentflow.errors import IntentflowError
 from intentflow.outcomes import load_outcomes
 
-logger = logging.getLogger(__name__)
+# Under "intentflow", the logger `intentflow watch` shows at INFO: each emitted event is reported on the terminal.
+logger = logging.getLogger("intentflow.watch")
 
 EVENT_NAME = "intentflow.outcomes.changed"
 # Edits closer together than this are one burst; an editor's save or a `git pull` lands well inside it.

@@ -212,9 +212,10 @@ class Registry:
                     path.unlink(missing_ok=True)
 
     def _previous_good(self, current: str | None) -> str:
-        # Walk production's history backwards: the version that served before the current one.
+        # The version the current one replaced when it was promoted. Rollback events are skipped, so a second
+        # rollback walks further back instead of returning to the version the first one rolled back from.
         for event in reversed(self.history()):
-            if event.get("version") == current and event.get("previous"):
+            if event.get("action") == "promote" and event.get("version") == current and event.get("previous"):
                 return event["previous"]
         raise IntentflowError(f"{display_path(self.root)} has no earlier production version to roll back to "
                               "(fix: pass --to VERSION, see `intentflow versions`)")

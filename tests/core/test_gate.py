@@ -1,0 +1,121 @@
+"""The deployment gate: good enough on its own, and no worse than production re-scored on the same sentences."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import pytest
+
+from intentflow.config import GateConfig
+from intentflow.gate import GateDecision, gate_candidate
+from intentflow.inference import Prediction
+
+LABELS = ["check_weather", "play_music", "set_alarm"]
+TEXTS = [f"sentence {index}" for index in range(10)]
+TRUTH = ["check_weather"] * 4 + ["play_music"] * 3 + ["set_alarm"] * 3
+
+
+class Production:
+    """Stands in for a loaded production classifier: answers right for the first ``correct`` sentences."""
+
+    def __init__(self, correct: int, labels: Sequence[str] = LABELS) -> None:
+        self.labels = list(labels)
+        self.correct = correct
+        self.calls = 0
+
+    def predict_batch(self, texts: Sequence[str]) -> list[Prediction]:
+        self.calls += 1
+        wrong = {"check_weather": "play_music", "play_music": "set_alarm", "set_alarm": "check_weather"}
+        return [Prediction(truth if index < self.correct else wrong[truth], 0.9)
+                for index, truth in enumerate(TRUTH[:len(texts)])]
+
+
+def decide(candidate_accuracy: float, production: Production | None = None, threshold: float = 0.6,
+           tolerance: float = 0.01, labels: Sequence[str] = LABELS) -> GateDecision:
+    return gate_candidate(candidate_accuracy, list(labels), TEXTS, TRUTH,
+                          GateConfig(threshold=threshold, tolerance=tolerance), production,
+                          "intent_model_v2026-10" if production is not None else None)
+
+
+def test_below_the_threshold_is_rejected_with_the_numbers() -> None:
+    decision = decide(0.55, threshold=0.6)
+    assert decision.promote is False
+    assert decision.candidate_accuracy == 0.55
+    assert decision.threshold == 0.6
+    assert "validation accuracy 0.5500 is below the threshold 0.6000" in decision.reason
+    assert decision.production_accuracy is None
+
+
+def test_exactly_the_threshold_passes() -> None:
+    decision = decide(0.6, threshold=0.6)
+    assert decision.promote is True
+    assert "0.6000 meets the threshold 0.6000" in decision.reason
+
+
+def test_first_version_promotes_without_a_comparison() -> None:
+    decision = decide(0.9)
+    assert decision.promote is True
+    assert decision.production_accuracy is None
+    assert decision.production_version is None
+    assert "production" not in decision.reason
+
+
+def test_worse_than_production_beyond_tolerance_is_rejected() -> None:
+    production = Production(correct=10)  # re-scores 1.0 on the candidate's validation set
+    decision = decide(0.8, production, threshold=0.6, tolerance=0.05)
+    assert decision.promote is False
+    assert decision.production_accuracy == 1.0
+    assert decision.production_version == "intent_model_v2026-10"
+    assert ("validation accuracy 0.8000 is worse than production intent_model_v2026-10 re-scored on the same "
+            "validation set (1.0000) by more than the tolerance 0.0500") in decision.reason
+    assert "below the threshold" not in decision.reason
+    assert production.calls == 1
+
+
+def test_within_tolerance_of_production_is_promoted() -> None:
+    production = Production(correct=9)  # 0.9
+    decision = decide(0.88, production, tolerance=0.05)
+    assert decision.promote is True
+    assert decision.production_accuracy == pytest.approx(0.9)
+    assert "production intent_model_v2026-10 scores 0.9000 on the same set" in decision.reason
+
+
+def test_just_beyond_tolerance_is_rejected() -> None:
+    production = Production(correct=9)  # 0.9
+    assert decide(0.84, production, tolerance=0.05).promote is False
+    assert decide(0.86, production, tolerance=0.05).promote is True
+
+
+def test_better_than_production_is_promoted() -> None:
+    decision = decide(1.0, Production(correct=5))
+    assert decision.promote is True
+    assert decision.production_accuracy == 0.5
+
+
+def test_both_reasons_are_given_when_both_fail() -> None:
+    decision = decide(0.5, Production(correct=10), threshold=0.6)
+    assert decision.promote is False
+    assert "below the threshold" in decision.reason and "worse than production" in decision.reason
+
+
+@pytest.mark.parametrize("labels", [LABELS[:2], [*LABELS, "order_food"], ["a", "b", "c"]])
+def test_production_with_other_outcomes_is_not_compared(labels: list[str]) -> None:
+    production = Production(correct=10, labels=labels)
+    decision = decide(0.7, production)
+    assert decision.promote is True
+    assert decision.production_accuracy is None
+    assert production.calls == 0
+    assert "production" not in decision.reason
+
+
+def test_label_order_does_not_matter() -> None:
+    decision = decide(0.7, Production(correct=10, labels=list(reversed(LABELS))))
+    assert decision.production_accuracy == 1.0
+    assert decision.promote is False
+
+
+def test_decision_serialises_for_version_json() -> None:
+    data = decide(0.9, Production(correct=9)).to_dict()
+    assert set(data) == {"promote", "candidate_accuracy", "threshold", "tolerance", "production_accuracy",
+                         "production_version", "reason"}
+    assert data["production_accuracy"] == pytest.approx(0.9)

@@ -1,0 +1,85 @@
+"""Fixtures for the orchestration tests: a private Prefect home, the test harness, tiny outcomes and runs."""
+
+from __future__ import annotations
+
+import atexit
+import os
+import shutil
+import tempfile
+
+# Before Prefect is imported anywhere in this process: no analytics, no tracking, and a Prefect home of our own,
+# so no test reads or writes ~/.prefect or shares a database with another run.
+os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+os.environ["DO_NOT_TRACK"] = "1"
+os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="intentflow-prefect-home-")
+atexit.register(shutil.rmtree, os.environ["PREFECT_HOME"], ignore_errors=True)
+os.environ.pop("PREFECT_API_URL", None)
+os.environ.pop("PREFECT_PROFILES_PATH", None)
+
+from collections.abc import Callable, Iterator  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+# The networks here are tiny; one thread avoids contention that makes them many times slower on two cores.
+torch.set_num_threads(1)
+
+from flow_helpers import TINY, write_outcomes  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def harness() -> Iterator[None]:
+    """Prefect's test harness: a temporary server and database for every in-process flow run of the session."""
+    from prefect.settings import PREFECT_HOME
+    from prefect.testing.utilities import prefect_test_harness
+
+    if str(PREFECT_HOME.value()) != os.environ["PREFECT_HOME"]:
+        pytest.fail("Prefect was imported before tests/flows/conftest.py set PREFECT_HOME; import it lazily")
+    # Two busy cores can take longer than the default 30 s to start the temporary server.
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+@pytest.fixture
+def tiny() -> dict[str, Any]:
+    return dict(TINY)
+
+
+@pytest.fixture
+def outcomes_folder(tmp_path: Path) -> Path:
+    return write_outcomes(tmp_path / "outcomes")
+
+
+@pytest.fixture
+def make_params(tmp_path: Path, outcomes_folder: Path) -> Callable[..., Any]:
+    """``make_params(force=True, seed=2)``: the tiny retrain parameters on this test's outcomes and registry."""
+    from flows.retrain import RetrainParameters
+
+    def make(**changes: Any) -> RetrainParameters:
+        values = {"outcomes": str(outcomes_folder), "registry": str(tmp_path / "registry"), **TINY, **changes}
+        return RetrainParameters(**values)
+
+    return make
+
+
+@pytest.fixture(scope="module")
+def promoted_twice(tmp_path_factory: pytest.TempPathFactory, harness: None) -> dict[str, Any]:
+    """A registry with two promoted versions (the second forced), built once; copy it before changing it."""
+    from flows.retrain import RetrainParameters, retrain
+
+    root = tmp_path_factory.mktemp("promoted-twice")
+    outcomes = write_outcomes(root / "outcomes")
+    base = {"outcomes": str(outcomes), "registry": str(root / "registry"), **TINY}
+    first = retrain(RetrainParameters(**base), return_state=True)
+    second = retrain(RetrainParameters(**base, force=True), return_state=True)
+    assert first.is_completed(), first.message
+    assert second.is_completed(), second.message
+    return {"registry": root / "registry", "outcomes": outcomes, "states": [first, second]}
+
+
+@pytest.fixture
+def registry_copy(tmp_path: Path, promoted_twice: dict[str, Any]) -> Path:
+    """A private copy of the two-version registry, for tests that move production."""
+    return Path(shutil.copytree(promoted_twice["registry"], tmp_path / "registry"))

@@ -1,0 +1,327 @@
+"""The retrain flow end to end under Prefect's test harness: what it publishes, and what the gate decides."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from flows.retrain import (
+    CHECKPOINT_ARTIFACT_KEY,
+    REPORT_ARTIFACT_KEY,
+    VERSIONS_ARTIFACT_KEY,
+    RetrainParameters,
+    retrain,
+)
+from intentflow.cli import main
+from intentflow.registry import Registry
+
+pytestmark = pytest.mark.usefixtures("harness")
+
+VERSION_NAME = re.compile(r"^intent_model_v\d{4}-\d{2}(-\d+)?$")
+VERSION_FILES = ("{name}.pt", "{name}.pt.metrics.json", "version.json", "report.md", "release_notes.md",
+                 "evaluation.json")
+
+
+def digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def read_artifacts(flow_run_id: Any, key: str) -> list[Any]:
+    """The artifacts under ``key`` that one flow run created, read back through the Prefect API."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, ArtifactFilterKey
+
+    with get_client(sync_client=True) as client:
+        return client.read_artifacts(artifact_filter=ArtifactFilter(
+            key=ArtifactFilterKey(any_=[key]), flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id])))
+
+
+def table_rows(artifact: Any) -> list[dict[str, Any]]:
+    data = artifact.data
+    return json.loads(data) if isinstance(data, str) else data
+
+
+def test_first_run_promotes_and_writes_a_complete_version(make_params: Callable[..., RetrainParameters]) -> None:
+    params = make_params()
+    state = retrain(params, return_state=True)
+
+    assert state.is_completed(), state.message
+    registry = Registry(params.registry)
+    [version] = registry.versions()
+    assert VERSION_NAME.match(version.name)
+    assert state.message.startswith(f"promoted {version.name} to production")
+    assert registry.production_name() == version.name
+    assert registry.status(version) == "production"
+    for pattern in VERSION_FILES:
+        assert (version.path / pattern.format(name=version.name)).is_file(), pattern
+    [event] = registry.history()
+    assert event["action"] == "promote"
+    assert event["version"] == version.name
+    assert event["previous"] is None
+    assert event["who"] and event["time"] and "meets the threshold" in event["why"]
+    info = version.info
+    assert info["gate"]["promote"] is True
+    assert info["gate"]["threshold"] == 0.5
+    assert info["val_accuracy"] >= 0.5
+    assert sorted(info["labels"]) == ["check_weather", "play_music", "set_alarm"]
+    assert info["run"]["flow_run_id"] == str(state.state_details.flow_run_id)
+    # The resolved config is recorded, so the next run can tell it is up to date.
+    assert info["config"]["train"]["hidden_size"] == 32
+    assert info["config"]["prepare"]["augment_factor"] == 20
+    report = (version.path / "report.md").read_text(encoding="utf-8")
+    assert report.startswith(f"# {version.name}: promoted to production")
+    assert "first version: 3 outcomes" in (version.path / "release_notes.md").read_text(encoding="utf-8")
+    # Nothing half-written is left behind.
+    assert not [path for path in Path(params.registry).iterdir() if path.name.startswith(".tmp-")]
+
+
+def test_unchanged_second_run_is_up_to_date(make_params: Callable[..., RetrainParameters]) -> None:
+    params = make_params()
+    assert retrain(params, return_state=True).is_completed()
+    registry = Registry(params.registry)
+    before = [version.name for version in registry.versions()]
+
+    # The device is where a model trained, not what it is: it does not make a run out of date.
+    state = retrain(make_params(device="auto"), return_state=True)
+
+    assert state.is_completed(), state.message
+    assert "up to date" in state.message
+    assert before[0] in state.message
+    assert [version.name for version in registry.versions()] == before
+    assert len(registry.history()) == 1
+
+
+def test_changed_outcomes_retrain(make_params: Callable[..., RetrainParameters], outcomes_folder: Path) -> None:
+    params = make_params()
+    assert retrain(params, return_state=True).is_completed()
+    food = {"name": "order_food", "examples": ["order a pizza", "get me some sushi delivered",
+                                               "i want a burger and fries", "deliver noodles for dinner"]}
+    (outcomes_folder / "order_food.json").write_text(json.dumps(food), encoding="utf-8")
+
+    state = retrain(make_params(changed_paths=["order_food.json"]), return_state=True)
+
+    assert state.is_completed(), state.message
+    assert "up to date" not in state.message
+    registry = Registry(params.registry)
+    first, second = registry.versions()
+    assert state.message.startswith(f"promoted {second.name}")
+    assert registry.production_name() == second.name
+    assert second.info["outcome_hash"] != first.info["outcome_hash"]
+    assert second.info["run"]["changed_paths"] == ["order_food.json"]
+    # Production knows other outcomes, so it is not compared on the candidate's validation set.
+    assert second.info["gate"]["production_accuracy"] is None
+    notes = (second.path / "release_notes.md").read_text(encoding="utf-8")
+    assert f"compared with production {first.name}" in notes
+    assert "outcomes added: order_food" in notes
+    assert [event["previous"] for event in registry.history()] == [None, first.name]
+
+
+def test_gate_rejection_keeps_production(make_params: Callable[..., RetrainParameters]) -> None:
+    params = make_params()
+    assert retrain(params, return_state=True).is_completed()
+    registry = Registry(params.registry)
+    production = registry.production()
+    pointer = (Path(params.registry) / "production.json").read_bytes()
+    checkpoint = digest(production.checkpoint)
+
+    # One epoch at a negligible learning rate cannot reach the perfect score the threshold asks for.
+    state = retrain(make_params(threshold=1.0, epochs=1, lr=1e-6, force=True), return_state=True)
+
+    assert state.is_failed()
+    rejected = registry.versions()[-1]
+    accuracy = rejected.info["val_accuracy"]
+    assert accuracy < 1.0
+    assert state.message.startswith(f"gate rejected {rejected.name}")
+    assert f"validation accuracy {accuracy:.4f} is below the threshold 1.0000" in state.message
+    assert f"production {production.name} is unchanged" in state.message
+    assert registry.status(rejected) == "rejected"
+    assert rejected.info["gate"]["promote"] is False
+    assert (rejected.path / "report.md").read_text(encoding="utf-8").startswith(f"# {rejected.name}: rejected")
+    assert registry.production_name() == production.name
+    assert (Path(params.registry) / "production.json").read_bytes() == pointer
+    assert digest(registry.production().checkpoint) == checkpoint
+    assert [event["action"] for event in registry.history()] == ["promote"]
+
+
+def test_threshold_above_one_is_refused_before_training(tmp_path: Path, outcomes_folder: Path,
+                                                         capsys: pytest.CaptureFixture[str],
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("PREFECT_LOGGING_EXTRA_LOGGERS", raising=False)  # the command sets it; undo that after
+    # Validation accuracy cannot exceed 1, and the gate's settings refuse it: so do the flow's parameters.
+    with pytest.raises(ValueError, match="threshold"):
+        RetrainParameters(outcomes=str(outcomes_folder), threshold=1.5)
+    code = main(["retrain", "--outcomes", str(outcomes_folder), "--registry", str(tmp_path / "registry"),
+                 "--threshold", "1.5", "--force"])
+    assert code == 1
+    assert "invalid retrain option" in capsys.readouterr().err
+    assert not (tmp_path / "registry").exists()
+
+
+def test_invalid_outcomes_fail_the_run_naming_the_problem(make_params: Callable[..., RetrainParameters],
+                                                          tmp_path: Path) -> None:
+    state = retrain(make_params(outcomes=str(tmp_path / "missing")), return_state=True)
+    assert state.is_failed()
+    assert "the outcomes folder does not exist" in state.message
+    assert not Registry(tmp_path / "registry").versions()
+
+
+def test_artifacts_hold_the_version_and_accuracy(make_params: Callable[..., RetrainParameters]) -> None:
+    params = make_params()
+    first = retrain(params, return_state=True)
+    second = retrain(make_params(force=True), return_state=True)
+    assert first.is_completed() and second.is_completed(), second.message
+    registry = Registry(params.registry)
+    older, newer = registry.versions()
+    run_id = second.state_details.flow_run_id
+    accuracy = newer.info["val_accuracy"]
+
+    [report] = read_artifacts(run_id, REPORT_ARTIFACT_KEY)
+    assert report.type == "markdown"
+    assert report.data.startswith(f"# {newer.name}: promoted to production")
+    assert f"candidate validation accuracy: {accuracy:.4f}" in report.data
+    assert f"{accuracy:.2%}" in report.data
+    assert report.data == (newer.path / "report.md").read_text(encoding="utf-8")
+
+    [table] = read_artifacts(run_id, VERSIONS_ARTIFACT_KEY)
+    assert table.type == "table"
+    rows = table_rows(table)
+    assert [row["version"] for row in rows] == [newer.name, older.name]
+    assert [row["status"] for row in rows] == ["production", "previous"]
+    assert rows[0]["val_accuracy"] == round(accuracy, 4)
+
+    [link] = read_artifacts(run_id, CHECKPOINT_ARTIFACT_KEY)
+    # Prefect stores a link artifact as markdown: "[text](link)".
+    assert link.data == f"[{newer.name} checkpoint]({newer.checkpoint.resolve().as_uri()})"
+
+    # An up-to-date run publishes nothing new but still shows the versions.
+    third = retrain(params, return_state=True)
+    assert "up to date" in third.message
+    [table] = read_artifacts(third.state_details.flow_run_id, VERSIONS_ARTIFACT_KEY)
+    assert [row["version"] for row in table_rows(table)] == [newer.name, older.name]
+    assert not read_artifacts(third.state_details.flow_run_id, REPORT_ARTIFACT_KEY)
+
+
+def test_rejected_run_artifacts_say_rejected(make_params: Callable[..., RetrainParameters]) -> None:
+    assert retrain(make_params(), return_state=True).is_completed()
+    state = retrain(make_params(threshold=1.0, epochs=1, lr=1e-6, force=True), return_state=True)
+    assert state.is_failed()
+    rejected = Registry(make_params().registry).versions()[-1]
+    [report] = read_artifacts(state.state_details.flow_run_id, REPORT_ARTIFACT_KEY)
+    assert report.data.startswith(f"# {rejected.name}: rejected")
+    [table] = read_artifacts(state.state_details.flow_run_id, VERSIONS_ARTIFACT_KEY)
+    assert [row["status"] for row in table_rows(table)] == ["rejected", "production"]
+
+
+def test_rollback_restores_the_previous_version(registry_copy: Path) -> None:
+    registry = Registry(registry_copy)
+    first, second = registry.versions()
+    assert registry.production_name() == second.name
+    second_pointer = digest(second.checkpoint)
+
+    event = registry.rollback(why="second model misroutes alarms")
+
+    assert registry.production_name() == first.name
+    assert event["action"] == "rollback"
+    assert event["version"] == first.name
+    assert event["previous"] == second.name
+    assert event["why"] == "second model misroutes alarms"
+    assert event["who"] and event["time"]
+    assert registry.history()[-1] == event
+    assert [entry["action"] for entry in registry.history()] == ["promote", "promote", "rollback"]
+    assert registry.status(second) == "previous"
+    # Versions are immutable: the rolled-back one is still there, unchanged.
+    assert digest(second.checkpoint) == second_pointer
+
+
+def test_rollback_and_versions_commands(registry_copy: Path, capsys: pytest.CaptureFixture[str],
+                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    registry = Registry(registry_copy)
+    first, second = registry.versions()
+    monkeypatch.setenv("INTENTFLOW_ACTOR", "on-call@example")
+
+    assert main(["versions", "--registry", str(registry_copy)]) == 0
+    listing = capsys.readouterr().out.splitlines()
+    assert listing[0].split()[:2] == ["version", "status"]
+    assert listing[1].split()[:2] == [first.name, "previous"]
+    assert listing[2].split()[:2] == [second.name, "production"]
+
+    assert main(["rollback", "--registry", str(registry_copy), "--why", "bad release"]) == 0
+    out = capsys.readouterr().out
+    assert f"production is now {first.name} (was {second.name})" in out
+    assert registry.production_name() == first.name
+    event = registry.history()[-1]
+    assert (event["action"], event["who"], event["why"]) == ("rollback", "on-call@example", "bad release")
+
+    assert main(["versions", "--registry", str(registry_copy), "--json"]) == 0
+    listed = {item["version"]: item["status"] for item in json.loads(capsys.readouterr().out)}
+    assert listed == {first.name: "production", second.name: "previous"}
+
+    # Rolling back to the version already serving is refused, naming it.
+    assert main(["rollback", "--registry", str(registry_copy), "--to", first.name]) == 1
+    assert f"{first.name} is already production" in capsys.readouterr().err
+
+
+def test_rollback_refuses_a_rejected_version(registry_copy: Path, promoted_twice: dict[str, Any],
+                                             tiny: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> None:
+    params = RetrainParameters(outcomes=str(promoted_twice["outcomes"]), registry=str(registry_copy),
+                               **{**tiny, "threshold": 1.0, "epochs": 1, "lr": 1e-6}, force=True)
+    assert retrain(params, return_state=True).is_failed()
+    registry = Registry(registry_copy)
+    rejected = registry.versions()[-1]
+    production = registry.production_name()
+    assert main(["rollback", "--registry", str(registry_copy), "--to", rejected.name]) == 1
+    assert "was rejected by the gate" in capsys.readouterr().err
+    assert registry.production_name() == production
+
+
+def test_predict_and_evaluate_accept_a_registry_folder(registry_copy: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    registry = Registry(registry_copy)
+    assert main(["predict", "--checkpoint", str(registry_copy), "--json", "will it rain tomorrow",
+                 "wake me at seven"]) == 0
+    predictions = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [item["label"] for item in predictions] == ["check_weather", "set_alarm"]
+
+    assert main(["evaluate", "--checkpoint", str(registry_copy), "--json"]) == 0
+    evaluation = json.loads(capsys.readouterr().out)
+    assert evaluation["accuracy"] == pytest.approx(registry.production().info["val_accuracy"])
+
+    # The folder means production: after a rollback it serves the earlier version.
+    registry.rollback()
+    assert main(["evaluate", "--checkpoint", str(registry_copy), "--json"]) == 0
+    evaluation = json.loads(capsys.readouterr().out)
+    assert evaluation["accuracy"] == pytest.approx(registry.versions()[0].info["val_accuracy"])
+
+
+def test_predict_on_a_registry_without_production_explains(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "registry").mkdir()
+    assert main(["predict", "--checkpoint", str(tmp_path / "registry"), "hello"]) == 1
+    err = capsys.readouterr().err
+    assert "no production version" in err
+    assert "intentflow retrain --registry" in err
+
+
+
+def test_retrain_command_reports_each_outcome(tmp_path: Path, outcomes_folder: Path, tiny: dict[str, Any],
+                                              capsys: pytest.CaptureFixture[str],
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("PREFECT_LOGGING_EXTRA_LOGGERS", raising=False)  # the command sets it; undo that after
+    registry = tmp_path / "registry"
+    flags = ["retrain", "--outcomes", str(outcomes_folder), "--registry", str(registry), "--config", tiny["config"]]
+    for name in ("augment_factor", "epochs", "hidden_size", "hidden_layers", "patience", "seed", "device",
+                 "threshold"):
+        flags += ["--" + name.replace("_", "-"), str(tiny[name])]
+
+    assert main(flags) == 0
+    assert capsys.readouterr().out.startswith("promoted intent_model_v")
+    assert main(flags) == 0
+    assert "up to date" in capsys.readouterr().out
+    assert main([*flags, "--threshold", "1.0", "--epochs", "1", "--lr", "1e-6", "--force"]) == 1
+    assert "gate rejected" in capsys.readouterr().err
+    assert [Registry(registry).status(version) for version in Registry(registry).versions()] == [
+        "production", "rejected"]
