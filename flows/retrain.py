@@ -53,7 +53,8 @@ class RetrainParameters(BaseModel):
     patience: int | None = Field(None, ge=0, description=f"Early-stopping patience, 0 = off (20); {FROM_FILE}")
     seed: int | None = Field(None, ge=0, description=f"Seed of data and training (playbook 2025); {FROM_FILE}")
     device: Literal["auto", "cpu", "cuda"] | None = Field(None, description=f"Where to train; {FROM_FILE}")
-    threshold: float | None = Field(None, ge=0, le=1, description=f"Validation accuracy to promote (0.60); {FROM_FILE}")
+    threshold: float | None = Field(None, ge=0, le=2, description=f"Validation accuracy to promote (0.60); above 1 "
+                                     f"never promotes (a dry run); {FROM_FILE}")
     force: bool = Field(False, description="Retrain even when production already matches outcomes and config")
     changed_paths: list[str] = Field(default_factory=list, description="Outcome files whose change triggered "
                                      "this run (filled in by the outcome-change trigger)")
@@ -119,7 +120,9 @@ def _retrain(params: RetrainParameters, logger: Any) -> State:
     val_texts = [row.text for row in split.val]
     val_labels = [row.label for row in split.val]
     payload = build_payload(trained, outcome_hash=outcome_set.content_hash, prepare=settings.prepare.model_dump(),
-                            val_texts=val_texts, val_labels=val_labels)
+                            val_texts=val_texts, val_labels=val_labels,
+                            val_originals=[row.original for row in split.val],
+                            train_originals=[row.original for row in split.train])
     candidate = Classifier(*build_model(payload), payload=payload)
     evaluation = evaluate_model(candidate, val_texts, val_labels)
 
@@ -132,7 +135,8 @@ def _retrain(params: RetrainParameters, logger: Any) -> State:
         except IntentflowError as error:
             logger.warning("production %s cannot be loaded, so it is not compared: %s", production_version.name, error)
     decision = gate_candidate(evaluation.accuracy, trained.labels, val_texts, val_labels, settings.gate,
-                              production, production_version.name if production_version else None)
+                              production, production_version.name if production_version else None,
+                              candidate=candidate, val_originals=[row.original for row in split.val])
     notes = release_notes(payload, production_payload, production_version.name if production_version else None)
     run = {"flow_run_id": str(flow_run.id), "flow_run_name": flow_run.name, "changed_paths": params.changed_paths}
     publication = publish_version(params.registry, payload, evaluation, decision, notes, run)

@@ -27,7 +27,9 @@ REQUIRED = {"format": str, "format_version": int, "state_dict": dict, "config": 
 
 
 def build_payload(trained: TrainedModel, *, outcome_hash: str, prepare: dict[str, Any],
-                  val_texts: list[str], val_labels: list[str], extra: dict[str, Any] | None = None) -> dict[str, Any]:
+                  val_texts: list[str], val_labels: list[str], val_originals: list[str] | None = None,
+                  train_originals: list[str] | None = None,
+                  extra: dict[str, Any] | None = None) -> dict[str, Any]:
     config = trained.config
     return {
         "format": FORMAT,
@@ -49,7 +51,10 @@ def build_payload(trained: TrainedModel, *, outcome_hash: str, prepare: dict[str
         "metrics": trained.metrics,
         "history": [stats.to_dict() for stats in trained.history],
         "outcome_hash": outcome_hash,
-        "validation": {"text": list(val_texts), "label": list(val_labels)},
+        "validation": {"text": list(val_texts), "label": list(val_labels),
+                       "original": list(val_originals) if val_originals is not None else list(val_texts)},
+        # What it learnt from, so a later gate can re-score it only on sentences it has not seen.
+        "train_originals": sorted(set(train_originals or [])),
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "intentflow_version": __version__,
         **(extra or {}),

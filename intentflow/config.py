@@ -39,7 +39,8 @@ class TrainConfig(_Strict):
 
 
 class GateConfig(_Strict):
-    threshold: float = Field(0.60, ge=0.0, le=1.0, description="Validation accuracy needed to promote")
+    # Above 1.0 nothing can pass: a dry run that trains and keeps the candidate as rejected.
+    threshold: float = Field(0.60, ge=0.0, le=2.0, description="Validation accuracy needed to promote")
     tolerance: float = Field(0.01, ge=0.0, le=1.0, description="How far below production a candidate may score")
 
 

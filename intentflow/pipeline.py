@@ -20,6 +20,8 @@ def train_from_data(data_dir: str | Path, config: TrainConfig, checkpoint: str |
     trained = train_model([row.text for row in data.train], [row.label for row in data.train],
                           val_texts, val_labels, config, on_epoch=on_epoch)
     payload = build_payload(trained, outcome_hash=data.manifest.get("outcome_hash", ""),
-                            prepare=data.manifest.get("prepare", {}), val_texts=val_texts, val_labels=val_labels)
+                            prepare=data.manifest.get("prepare", {}), val_texts=val_texts, val_labels=val_labels,
+                            val_originals=[row.original for row in data.val],
+                            train_originals=[row.original for row in data.train])
     save_checkpoint(payload, checkpoint)
     return payload

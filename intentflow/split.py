@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import random
 from collections import defaultdict
@@ -38,7 +39,7 @@ def split_rows(rows: tuple[Row, ...] | list[Row], train_fraction: float, min_val
         total = sum(len(group) for group in groups.values())
         target = max(min_val_per_label, round((1.0 - train_fraction) * total))
         if len(groups) >= 2:
-            label_train, label_val = _split_groups(groups, target, min_val_per_label, rng)
+            label_train, label_val = _split_groups(groups, target, min_val_per_label, seed)
         else:
             leaky.append(label)
             label_train, label_val = _split_single_group(next(iter(groups.values())), target, rng)
@@ -56,9 +57,10 @@ def split_rows(rows: tuple[Row, ...] | list[Row], train_fraction: float, min_val
 
 
 def _split_groups(groups: dict[str, list[Row]], target: int, min_val: int,
-                  rng: random.Random) -> tuple[list[Row], list[Row]]:
-    originals = sorted(groups)
-    rng.shuffle(originals)
+                  seed: int) -> tuple[list[Row], list[Row]]:
+    # A stable order per original, not a shuffle: adding an example moves no other original across the split,
+    # so production rarely trained on what the candidate validates on (and the gate excludes it when it did).
+    originals = sorted(groups, key=lambda original: hashlib.sha256(f"{seed}:{original}".encode()).hexdigest())
     # Try every count of validation groups (at least one left for training) and keep the one whose
     # size is nearest the target while meeting the minimum, if any count can.
     best_count, best_key = 1, None

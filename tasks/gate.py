@@ -10,6 +10,7 @@ from intentflow.inference import Classifier
 @task(name="gate_candidate", cache_policy=NO_CACHE)
 def gate_candidate(candidate_accuracy: float, candidate_labels: list[str], val_texts: list[str],
                    val_labels: list[str], config: GateConfig, production: Classifier | None,
-                   production_version: str | None) -> GateDecision:
+                   production_version: str | None, *, candidate: Classifier | None = None,
+                   val_originals: list[str] | None = None) -> GateDecision:
     return gate.gate_candidate(candidate_accuracy, candidate_labels, val_texts, val_labels, config,
-                               production, production_version)
+                               production, production_version, candidate=candidate, val_originals=val_originals)

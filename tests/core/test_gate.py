@@ -67,7 +67,7 @@ def test_worse_than_production_beyond_tolerance_is_rejected() -> None:
     assert decision.production_accuracy == 1.0
     assert decision.production_version == "intent_model_v2026-10"
     assert ("validation accuracy 0.8000 is worse than production intent_model_v2026-10 re-scored on the same "
-            "validation set (1.0000) by more than the tolerance 0.0500") in decision.reason
+            "10 validation sentences (1.0000) by more than the tolerance 0.0500") in decision.reason
     assert "below the threshold" not in decision.reason
     assert production.calls == 1
 
@@ -77,7 +77,7 @@ def test_within_tolerance_of_production_is_promoted() -> None:
     decision = decide(0.88, production, tolerance=0.05)
     assert decision.promote is True
     assert decision.production_accuracy == pytest.approx(0.9)
-    assert "production intent_model_v2026-10 scores 0.9000 on the same set" in decision.reason
+    assert "production intent_model_v2026-10 scores 0.9000 against 0.8800 on the same 10 sentences" in decision.reason
 
 
 def test_just_beyond_tolerance_is_rejected() -> None:
@@ -117,5 +117,43 @@ def test_label_order_does_not_matter() -> None:
 def test_decision_serialises_for_version_json() -> None:
     data = decide(0.9, Production(correct=9)).to_dict()
     assert set(data) == {"promote", "candidate_accuracy", "threshold", "tolerance", "production_accuracy",
-                         "production_version", "reason"}
+                         "production_version", "reason", "candidate_compared_accuracy", "compared_samples"}
     assert data["production_accuracy"] == pytest.approx(0.9)
+
+
+class Candidate:
+    """A candidate that answers right for every sentence whose index is in ``right``."""
+
+    labels = LABELS
+
+    def __init__(self, right: set[int]) -> None:
+        self.right = right
+
+    def predict_batch(self, texts: Sequence[str]) -> list[Prediction]:
+        wrong = {"check_weather": "play_music", "play_music": "set_alarm", "set_alarm": "check_weather"}
+        return [Prediction(TRUTH[int(text.split()[1])] if int(text.split()[1]) in self.right
+                           else wrong[TRUTH[int(text.split()[1])]], 0.9) for text in texts]
+
+
+def test_production_is_compared_only_on_sentences_it_did_not_train_on() -> None:
+    # Production trained on the originals of sentences 0-4 (it scores them right from memory) and gets the rest
+    # wrong; the candidate gets 0-4 wrong and the rest right. On the full set they would tie at 0.5, but only
+    # sentences 5-9 are a fair comparison: there the candidate scores 1.0 and production 0.0.
+    production = Production(correct=5)
+    production.payload = {"train_originals": [f"original {index}" for index in range(5)]}
+    originals = [f"Original  {index}" for index in range(10)]  # normalised before comparing
+    decision = gate_candidate(0.5, LABELS, TEXTS, TRUTH, GateConfig(threshold=0.4, tolerance=0.01), production,
+                              "intent_model_v2026-10", candidate=Candidate(set(range(5, 10))), val_originals=originals)
+    assert decision.compared_samples == 5
+    assert decision.production_accuracy == 0.0
+    assert decision.candidate_compared_accuracy == 1.0
+    assert decision.promote is True
+
+
+def test_no_comparison_when_production_trained_on_every_validation_original() -> None:
+    production = Production(correct=10)
+    production.payload = {"train_originals": [f"original {index}" for index in range(10)]}
+    decision = gate_candidate(0.7, LABELS, TEXTS, TRUTH, GateConfig(threshold=0.6), production,
+                              "intent_model_v2026-10", val_originals=[f"original {index}" for index in range(10)])
+    assert decision.production_accuracy is None and decision.compared_samples is None
+    assert decision.promote is True
