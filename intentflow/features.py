@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping
 
+import numpy as np
 import torch
 
 PAD = "<pad>"
@@ -54,16 +56,19 @@ class Vocabulary(Mapping[str, int]):
 
         Binary presence normalised by length keeps short and long sentences on one scale.
         """
-        bags = [[self._index[f] for f in features_of(text, self.word_ngrams) if f in self._index]
-                for text in texts]
-        width = max((len(bag) for bag in bags), default=0) or 1
-        indices = torch.zeros((len(bags), width), dtype=torch.long)
-        weights = torch.zeros((len(bags), width), dtype=torch.float32)
-        for row, bag in enumerate(bags):
-            if bag:
-                indices[row, : len(bag)] = torch.tensor(bag, dtype=torch.long)
-                weights[row, : len(bag)] = 1.0 / len(bag) ** 0.5
-        return indices, weights
+        index = self._index
+        bags = [[index[f] for f in features_of(text, self.word_ngrams) if f in index] for text in texts]
+        lengths = np.fromiter((len(bag) for bag in bags), dtype=np.int64, count=len(bags))
+        width = int(lengths.max(initial=0)) or 1
+        indices = np.zeros((len(bags), width), dtype=np.int64)
+        weights = np.zeros((len(bags), width), dtype=np.float32)
+        # One scatter for the whole batch instead of a small tensor per row.
+        rows = np.repeat(np.arange(len(bags)), lengths)
+        columns = np.arange(int(lengths.sum())) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+        indices[rows, columns] = np.fromiter(itertools.chain.from_iterable(bags), dtype=np.int64,
+                                             count=int(lengths.sum()))
+        weights[rows, columns] = np.repeat(1.0 / np.sqrt(np.maximum(lengths, 1)), lengths)
+        return torch.from_numpy(indices), torch.from_numpy(weights)
 
 
 def build_vocabulary(texts: Iterable[str], word_ngrams: int = 2, min_count: int = 1) -> Vocabulary:
