@@ -16,6 +16,7 @@ from intentflow.checkpoint import build_payload, load_checkpoint
 from intentflow.config import load_settings
 from intentflow.errors import IntentflowError
 from intentflow.inference import Classifier, build_model
+from intentflow.onnx_export import require_exporter
 from intentflow.outcomes import load_outcomes as read_outcomes
 from intentflow.registry import Registry
 from intentflow.report import release_notes
@@ -55,6 +56,8 @@ class RetrainParameters(BaseModel):
     device: Literal["auto", "cpu", "cuda"] | None = Field(None, description=f"Where to train; {FROM_FILE}")
     threshold: float | None = Field(None, ge=0, le=2, description=f"Validation accuracy to promote (0.60); above 1 "
                                      f"never promotes (a dry run); {FROM_FILE}")
+    onnx: bool | None = Field(None, description=f"Also publish <version>.onnx with each version (needs "
+                              f"intentflow[onnx]); {FROM_FILE}")
     force: bool = Field(False, description="Retrain even when production already matches outcomes and config")
     changed_paths: list[str] = Field(default_factory=list, description="Outcome files whose change triggered "
                                      "this run (filled in by the outcome-change trigger)")
@@ -66,6 +69,7 @@ class RetrainParameters(BaseModel):
             prepare={"augment_factor": self.augment_factor, "seed": self.seed},
             train={key: getattr(self, key) for key in train_keys},
             gate={"threshold": self.threshold},
+            publish={"onnx": self.onnx},
         )
 
 
@@ -94,6 +98,8 @@ def retrain(params: RetrainParameters = RetrainParameters()) -> State:  # noqa: 
 
 def _retrain(params: RetrainParameters, logger: Any) -> State:
     settings = params.settings()
+    if settings.publish.onnx:
+        require_exporter()
     if params.changed_paths:
         logger.info("triggered by changes to: %s", ", ".join(params.changed_paths))
     outcome_set = load_outcomes(params.outcomes)
@@ -139,7 +145,8 @@ def _retrain(params: RetrainParameters, logger: Any) -> State:
                               candidate=candidate, val_originals=[row.original for row in split.val])
     notes = release_notes(payload, production_payload, production_version.name if production_version else None)
     run = {"flow_run_id": str(flow_run.id), "flow_run_name": flow_run.name, "changed_paths": params.changed_paths}
-    publication = publish_version(params.registry, payload, evaluation, decision, notes, run)
+    publication = publish_version(params.registry, payload, evaluation, decision, notes, run,
+                                  onnx=settings.publish.onnx)
 
     create_markdown_artifact(key=REPORT_ARTIFACT_KEY, markdown=publication.report,
                              description=f"{publication.version}: {'promoted' if decision.promote else 'rejected'}")

@@ -141,6 +141,14 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export_onnx(args: argparse.Namespace) -> int:
+    from intentflow.onnx_export import export_onnx, metadata_path
+
+    path = export_onnx(args.checkpoint, args.out)
+    print(f"wrote {path} and {metadata_path(path)} (vocabulary, labels and n-gram size for featurizing)")
+    return 0
+
+
 def _prefect_environment() -> None:
     # Before Prefect is imported: no analytics, no tracking, wherever the CLI starts a server.
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
@@ -288,6 +296,11 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--json", action="store_true", help="one JSON object per line")
     predict.add_argument("texts", nargs="*", help="sentences (default: one per line on standard input)")
     predict.set_defaults(handler=cmd_predict)
+
+    export_onnx = commands.add_parser("export-onnx", help="write a checkpoint as ONNX plus the JSON inference needs")
+    export_onnx.add_argument("--checkpoint", type=Path, required=True, help="checkpoint file or registry folder")
+    export_onnx.add_argument("--out", type=Path, required=True, help="ONNX file to write; OUT.json goes beside it")
+    export_onnx.set_defaults(handler=cmd_export_onnx)
 
     retrain = commands.add_parser("retrain", help="run the Prefect retrain flow once (the main job)")
     retrain.add_argument("--outcomes", type=Path, default=Path(DEFAULT_OUTCOMES))

@@ -44,10 +44,15 @@ class GateConfig(_Strict):
     tolerance: float = Field(0.01, ge=0.0, le=1.0, description="How far below production a candidate may score")
 
 
+class PublishConfig(_Strict):
+    onnx: bool = Field(False, description="Also write <version>.onnx and its .json into each published version")
+
+
 class Settings(_Strict):
     prepare: PrepareConfig = PrepareConfig()
     train: TrainConfig = TrainConfig()
     gate: GateConfig = GateConfig()
+    publish: PublishConfig = PublishConfig()
 
     def with_overrides(self, **sections: dict[str, Any] | None) -> Settings:
         """A copy with the given values replaced; ``None`` values mean "keep the file's value"."""

@@ -51,13 +51,25 @@ class Vocabulary(Mapping[str, int]):
         """Features in column order, padding excluded."""
         return self._features[1:]
 
+    def bag(self, text: str) -> list[int]:
+        """Column indices of the known features of ``text``, each once."""
+        get = self._index.get
+        if self.word_ngrams == 1:  # the common case, without building n-grams
+            found = map(get, dict.fromkeys(_TOKEN.findall(text.casefold())))
+        else:
+            found = map(get, features_of(text, self.word_ngrams))
+        return [column for column in found if column is not None]
+
     def encode(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """Index bags ``[rows, width]`` and their weights; each row's weights have unit L2 norm.
 
         Binary presence normalised by length keeps short and long sentences on one scale.
         """
-        index = self._index
-        bags = [[index[f] for f in features_of(text, self.word_ngrams) if f in index] for text in texts]
+        if len(texts) == 1:  # one sentence (interactive predict): skip the batch scatter's fixed cost
+            bag = self.bag(texts[0]) or [0]
+            return (torch.tensor([bag], dtype=torch.long),
+                    torch.full((1, len(bag)), 1.0 / len(bag) ** 0.5 if bag != [0] else 0.0))
+        bags = [self.bag(text) for text in texts]
         lengths = np.fromiter((len(bag) for bag in bags), dtype=np.int64, count=len(bags))
         width = int(lengths.max(initial=0)) or 1
         indices = np.zeros((len(bags), width), dtype=np.int64)

@@ -52,6 +52,10 @@ def write_text(path: str | Path, text: str) -> Path:
     return atomic_write(path, lambda stream: stream.write(text.encode("utf-8")))
 
 
+def write_bytes(path: str | Path, data: bytes) -> Path:
+    return atomic_write(path, lambda stream: stream.write(data))
+
+
 def write_jsonl(path: str | Path, records: Iterable[dict[str, Any]]) -> Path:
     payload = "".join(json.dumps(record, ensure_ascii=False) + "\n" for record in records).encode("utf-8")
     return atomic_write(path, lambda stream: stream.write(payload))

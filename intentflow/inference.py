@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import numpy as np
 import torch
 
 from intentflow.checkpoint import load_checkpoint
@@ -13,6 +14,7 @@ from intentflow.errors import IntentflowError
 from intentflow.features import Vocabulary
 from intentflow.model import IntentMLP
 
+PRECISIONS = ("float32", "bfloat16")
 # Sentences per forward pass in batch prediction; bounds memory for very large inputs.
 PREDICT_CHUNK = 4096
 
@@ -41,20 +43,28 @@ class Classifier:
     """A loaded intent model: ``predict(text)`` and ``predict_batch(texts)`` give label and confidence."""
 
     def __init__(self, model: IntentMLP, vocab: Vocabulary, labels: list[str],
-                 payload: dict[str, Any] | None = None):
+                 payload: dict[str, Any] | None = None, precision: str = "float32"):
+        if precision not in PRECISIONS:
+            raise IntentflowError(f"precision {precision!r} is not one of {', '.join(PRECISIONS)}")
         self.model = model.eval()
         self.vocab = vocab
         self.labels = labels
         self.payload = payload or {}
+        self.precision = precision
+        self._arrays: list[tuple[np.ndarray, np.ndarray]] | None = None
 
     @classmethod
-    def load(cls, path: str | Path) -> Classifier:
-        """Load a checkpoint file, or a registry folder's production version."""
+    def load(cls, path: str | Path, precision: str = "float32") -> Classifier:
+        """Load a checkpoint file, or a registry folder's production version.
+
+        ``precision="bfloat16"`` runs batches in bfloat16 on CPUs that support it (over twice the
+        throughput; confidences then differ from float32 in the third decimal).
+        """
         from intentflow.registry import resolve_checkpoint
 
         payload = load_checkpoint(resolve_checkpoint(path))
         model, vocab, labels = build_model(payload)
-        return cls(model, vocab, labels, payload)
+        return cls(model, vocab, labels, payload, precision)
 
     @property
     def metrics(self) -> dict[str, Any]:
@@ -63,10 +73,11 @@ class Classifier:
     def probabilities(self, texts: Sequence[str]) -> torch.Tensor:
         """Softmax over labels, one row per text."""
         parts = []
-        with torch.inference_mode():
+        low_precision = torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.precision == "bfloat16")
+        with torch.inference_mode(), low_precision:
             for start in range(0, len(texts), PREDICT_CHUNK):
                 indices, weights = self.vocab.encode(list(texts[start:start + PREDICT_CHUNK]))
-                parts.append(torch.softmax(self.model(indices, weights), dim=1))
+                parts.append(torch.softmax(self.model(indices, weights).float(), dim=1))
         if not parts:
             return torch.zeros((0, len(self.labels)))
         return torch.cat(parts)
@@ -76,7 +87,26 @@ class Classifier:
         return [Prediction(self.labels[i], c) for i, c in zip(index.tolist(), confidence.tolist(), strict=True)]
 
     def predict(self, text: str) -> Prediction:
-        return self.predict_batch([text])[0]
+        if self.precision != "float32" or next(self.model.parameters()).device.type != "cpu":
+            return self.predict_batch([text])[0]
+        # One sentence: NumPy's matrix-vector product beats a batched torch call's fixed cost by half.
+        bag = self.vocab.bag(text)
+        arrays = self._numpy_arrays()
+        embedding, bias = arrays[0]
+        hidden = bias + (embedding[bag] * np.float32(1.0 / len(bag) ** 0.5)).sum(axis=0) if bag else bias
+        for weight, layer_bias in arrays[1:]:
+            hidden = np.maximum(hidden, 0.0, dtype=np.float32) @ weight + layer_bias
+        hidden = np.exp(hidden - hidden.max())
+        best = int(hidden.argmax())
+        return Prediction(self.labels[best], float(hidden[best] / hidden.sum()))
+
+    def _numpy_arrays(self) -> list[tuple[np.ndarray, np.ndarray]]:
+        if self._arrays is None:
+            model = self.model
+            layers = [*model.hidden, model.output]
+            self._arrays = [(model.input.weight.detach().numpy(), model.input_bias.detach().numpy())]
+            self._arrays += [(layer.weight.detach().numpy().T.copy(), layer.bias.detach().numpy()) for layer in layers]
+        return self._arrays
 
 
 def load_classifier(path: str | Path) -> tuple[IntentMLP, Vocabulary, dict[int, str]]:

@@ -10,6 +10,7 @@ from typing import Any
 
 from intentflow.evaluate import Evaluation
 from intentflow.gate import GateDecision
+from intentflow.onnx_export import onnx_files
 from intentflow.registry import Registry, Version
 from intentflow.report import run_report
 
@@ -27,8 +28,12 @@ class Publication:
 
 
 def publish_version(registry_root: str | Path, payload: dict[str, Any], evaluation: Evaluation,
-                    decision: GateDecision, notes: str, run: dict[str, Any] | None = None) -> Publication:
-    """Every candidate becomes a version (rejected ones marked so); only an accepted one moves production."""
+                    decision: GateDecision, notes: str, run: dict[str, Any] | None = None,
+                    onnx: bool = False) -> Publication:
+    """Every candidate becomes a version (rejected ones marked so); only an accepted one moves production.
+
+    With ``onnx``, the version also holds ``<version>.onnx`` and its ``.onnx.json`` (see ``intentflow.onnx_export``).
+    """
     registry = Registry(registry_root)
     metrics = payload["metrics"]
     info = {
@@ -48,11 +53,13 @@ def publish_version(registry_root: str | Path, payload: dict[str, Any], evaluati
     with registry.lock():
         name = registry.next_name()
         report = run_report(name, evaluation, decision.to_dict(), notes)
-        files = {
+        files: dict[str, str | bytes] = {
             "evaluation.json": json.dumps(evaluation.to_dict(), indent=2) + "\n",
             "report.md": report,
             "release_notes.md": notes + "\n",
         }
+        if onnx:
+            files.update(onnx_files(payload, name))
         version: Version = registry.add_version(name, payload, info, files)
         event = None
         if decision.promote:

@@ -5,6 +5,7 @@ Layout of a registry folder (``artifacts/`` by default)::
     intent_model_v2026-11/            one version, written whole (built in a temp folder, then renamed)
         intent_model_v2026-11.pt      the checkpoint
         intent_model_v2026-11.pt.metrics.json
+        intent_model_v2026-11.onnx    with [publish] onnx = true: the ONNX model, and .onnx.json beside it
         version.json                  gate decision, accuracy, hashes; never changed after writing
         evaluation.json, report.md, release_notes.md
     production.json                   which version serves; replaced atomically
@@ -30,7 +31,7 @@ from typing import Any
 
 from intentflow.checkpoint import save_checkpoint
 from intentflow.errors import IntentflowError, display_path
-from intentflow.fileio import TEMP_PREFIX, write_json, write_text
+from intentflow.fileio import TEMP_PREFIX, write_bytes, write_json, write_text
 
 VERSION_PREFIX = "intent_model_v"
 PRODUCTION_FILE = "production.json"
@@ -146,7 +147,8 @@ class Registry:
             number += 1
         return f"{base}-{number}"
 
-    def add_version(self, name: str, payload: dict[str, Any], info: dict[str, Any], files: dict[str, str]) -> Version:
+    def add_version(self, name: str, payload: dict[str, Any], info: dict[str, Any],
+                    files: dict[str, str | bytes]) -> Version:
         """Write a complete version folder named ``name`` (from ``next_name``) and return it. Call under ``lock()``."""
         self.clean_temporary()
         if (self.root / name).exists():
@@ -154,8 +156,11 @@ class Registry:
         temp = Path(tempfile.mkdtemp(prefix=f"{TEMP_PREFIX}{name}.", dir=self.root))
         try:
             save_checkpoint(payload, temp / f"{name}.pt")
-            for filename, text in files.items():
-                write_text(temp / filename, text)
+            for filename, content in files.items():
+                if isinstance(content, bytes):
+                    write_bytes(temp / filename, content)
+                else:
+                    write_text(temp / filename, content)
             info = {"version": name, **info}
             write_json(temp / VERSION_FILE, info)
             os.replace(temp, self.root / name)

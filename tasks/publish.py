@@ -11,6 +11,6 @@ from intentflow.publish import Publication
 
 @task(name="publish_version", cache_policy=NO_CACHE)
 def publish_version(registry: str, payload: dict[str, Any], evaluation: Evaluation, decision: GateDecision,
-                    notes: str, run: dict[str, Any]) -> Publication:
+                    notes: str, run: dict[str, Any], onnx: bool = False) -> Publication:
     """Not retried: a version is written whole or not at all, and a retry would add a second version."""
-    return publish.publish_version(registry, payload, evaluation, decision, notes, run)
+    return publish.publish_version(registry, payload, evaluation, decision, notes, run, onnx=onnx)

@@ -1,0 +1,73 @@
+"""Publishing ONNX with each version: off by default, on through the flow parameter or [publish] onnx."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from flows.retrain import RetrainParameters, retrain
+from intentflow.config import load_settings
+from intentflow.inference import Classifier
+from intentflow.onnx_export import OnnxClassifier, metadata_path
+from intentflow.registry import Registry
+
+pytestmark = pytest.mark.usefixtures("harness")
+
+SENTENCES = ["will it rain tomorrow", "wake me at seven", "play some jazz music", "unknown words only", ""]
+
+
+def test_onnx_is_published_beside_the_checkpoint_only_when_asked(make_params: Callable[..., RetrainParameters]) -> None:
+    params = make_params()
+    assert retrain(params, return_state=True).is_completed()
+    registry = Registry(params.registry)
+    [plain] = registry.versions()
+    assert not list(plain.path.glob("*.onnx*"))
+
+    state = retrain(make_params(onnx=True, force=True), return_state=True)
+
+    assert state.is_completed(), state.message
+    version = registry.versions()[-1]
+    assert registry.production_name() == version.name
+    model = version.path / f"{version.name}.onnx"
+    assert model.is_file()
+    assert metadata_path(model) == version.path / f"{version.name}.onnx.json"
+    assert metadata_path(model).is_file()
+    assert not [path for path in Path(params.registry).iterdir() if path.name.startswith(".tmp-")]
+    # The registry folder serves production from ONNX Runtime with PyTorch's answers.
+    onnx = OnnxClassifier.load(registry.root).predict_batch(SENTENCES)
+    reference = Classifier.load(registry.root).predict_batch(SENTENCES)
+    assert [p.label for p in onnx] == [p.label for p in reference]
+    assert [p.confidence for p in onnx] == pytest.approx([p.confidence for p in reference], abs=1e-5)
+
+
+def test_the_settings_file_switches_it_on(make_params: Callable[..., RetrainParameters], tmp_path: Path,
+                                         tiny: dict) -> None:
+    config = tmp_path / "training.toml"
+    config.write_text(Path(tiny["config"]).read_text(encoding="utf-8").replace("onnx = false", "onnx = true"),
+                      encoding="utf-8")
+    assert load_settings(config).publish.onnx is True
+    # The parameter, when given, wins over the file.
+    assert make_params(config=str(config), onnx=False).settings().publish.onnx is False
+    assert make_params().settings().publish.onnx is False
+
+    params = make_params(config=str(config))
+    state = retrain(params, return_state=True)
+
+    assert state.is_completed(), state.message
+    [version] = Registry(params.registry).versions()
+    assert (version.path / f"{version.name}.onnx").is_file()
+
+
+def test_missing_onnx_package_fails_before_training(make_params: Callable[..., RetrainParameters],
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "onnx", None)  # makes `import onnx` raise ImportError
+    params = make_params(onnx=True)
+
+    state = retrain(params, return_state=True)
+
+    assert state.is_failed()
+    assert "pip install 'intentflow[onnx]'" in state.message
+    assert not Registry(params.registry).versions()
