@@ -223,6 +223,22 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_outcomes_import(args: argparse.Namespace) -> int:
+    from intentflow.importer import import_outcomes
+
+    summary = import_outcomes(args.file, args.out, per_label=args.per_label, seed=args.seed,
+                              text_column=args.text_column, label_column=args.label_column, overwrite=args.overwrite)
+    for note in summary.skipped[:20]:
+        print(f"skipped {note}", file=sys.stderr)
+    if len(summary.skipped) > 20:
+        print(f"skipped {len(summary.skipped) - 20} more", file=sys.stderr)
+    renamed = {name: label for name, label in summary.labels.items() if name != label}
+    for name, label in sorted(renamed.items())[:20]:
+        print(f"label {label!r} -> outcome {name}", file=sys.stderr)
+    print(f"wrote {len(summary.written)} outcome files with {summary.examples} examples to {args.out}")
+    return 0
+
+
 def _pct(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.2%}"
 
@@ -301,6 +317,18 @@ def build_parser() -> argparse.ArgumentParser:
     export_onnx.add_argument("--checkpoint", type=Path, required=True, help="checkpoint file or registry folder")
     export_onnx.add_argument("--out", type=Path, required=True, help="ONNX file to write; OUT.json goes beside it")
     export_onnx.set_defaults(handler=cmd_export_onnx)
+
+    outcomes = commands.add_parser("outcomes", help="work with outcome files")
+    outcome_commands = outcomes.add_subparsers(dest="outcomes_command", required=True, metavar="COMMAND")
+    importer = outcome_commands.add_parser("import", help="write one outcome file per label of a JSONL or CSV file")
+    importer.add_argument("file", type=Path, help='JSONL ({"text","label"} per line) or CSV with a header')
+    importer.add_argument("--out", type=Path, required=True, help="outcomes folder to write")
+    importer.add_argument("--per-label", type=int, default=None, help="examples per outcome (default: all)")
+    importer.add_argument("--seed", type=int, default=0, help="which examples are chosen, reproducibly")
+    importer.add_argument("--text-column", default="text")
+    importer.add_argument("--label-column", default="label")
+    importer.add_argument("--overwrite", action="store_true", help="replace outcome files that exist")
+    importer.set_defaults(handler=cmd_outcomes_import)
 
     retrain = commands.add_parser("retrain", help="run the Prefect retrain flow once (the main job)")
     retrain.add_argument("--outcomes", type=Path, default=Path(DEFAULT_OUTCOMES))
