@@ -28,7 +28,7 @@ def write_outcomes(folder: Path, count: int = 150, seed: int = 0) -> None:
     syllables = ["ka", "lo", "mi", "ne", "su", "ta", "ri", "po", "ve", "zu", "da", "fe", "gi", "ho", "ju"]
     folder.mkdir(parents=True)
     for number in range(count):
-        own = ["".join(rng.choices(syllables, k=3)) + str(number) for _ in range(12)]
+        own = sorted({"".join(rng.choices(syllables, k=3)) + str(number) for _ in range(40)})[:12]
         examples = sorted({" ".join(rng.sample(SHARED, 3) + rng.sample(own, 3)) for _ in range(8)})
         synonyms = {own[0]: [own[10]], own[1]: [own[11]]}
         examples[0] = f"{own[0]} {own[1]} {examples[0]}"
