@@ -42,8 +42,25 @@ def require_server() -> str:
     if not url:
         raise IntentflowError("the watcher needs a running Prefect server, and PREFECT_API_URL is not set "
                               "(fix: `prefect server start`, then `export PREFECT_API_URL=http://127.0.0.1:4200/api`)")
+    import httpx
+
     with get_client(sync_client=True) as client:
         error = client.api_healthcheck()
+        if error is None:
+            # /health answers without credentials even on a server that requires them, and events sent without
+            # them are dropped in the background; this call needs them, so a refusal is reported here, at start.
+            try:
+                client.api_version()
+            except httpx.HTTPStatusError as refused:
+                status = refused.response.status_code
+                if status in (401, 403):
+                    raise IntentflowError(
+                        f"the Prefect server at {url} refused this client's credentials (HTTP {status}) (fix: set "
+                        "PREFECT_API_AUTH_STRING to the server's PREFECT_SERVER_API_AUTH_STRING, user:password)"
+                    ) from None
+                error = refused
+            except httpx.HTTPError as failed:
+                error = failed
     if error is not None:
         raise IntentflowError(f"no Prefect server answers at {url} ({type(error).__name__}) "
                               "(fix: start it with `prefect server start`, or correct PREFECT_API_URL)")

@@ -17,11 +17,14 @@ import torch
 from intentflow import __version__
 from intentflow.errors import IntentflowError, display_path
 from intentflow.fileio import atomic_write, write_json
+from intentflow.model import parameter_shapes
 from intentflow.train import WORD_NGRAMS, TrainedModel
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 FORMAT = "intentflow-checkpoint"
 FORMAT_VERSION = 1
+# Word runs the vocabulary may hold; the trainer uses 1, and more than this is not a bag-of-words model.
+MAX_WORD_NGRAMS = 8
 REQUIRED = {"format": str, "format_version": int, "state_dict": dict, "config": dict, "vocab": list,
             "labels": list, "metrics": dict}
 
@@ -100,6 +103,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
 
 
 def _check_payload(payload: Any, shown: str) -> None:
+    """Refuse anything ``build_model`` and the commands could trip over, before a network is built."""
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise IntentflowError(f"checkpoint {shown} is not an intentflow checkpoint "
                               "(fix: pass a file written by `intentflow train` or a registry folder)")
@@ -112,11 +116,63 @@ def _check_payload(payload: Any, shown: str) -> None:
                               f"this intentflow ({FORMAT_VERSION}) (fix: upgrade intentflow)")
     config = payload["config"]
     for key in ("vocab_size", "num_labels", "hidden_size", "hidden_layers"):
-        if not isinstance(config.get(key), int):
-            raise IntentflowError(f"checkpoint {shown}: config.{key} is missing or not a number "
+        if not _positive_whole(config.get(key)):
+            raise IntentflowError(f"checkpoint {shown}: config.{key} is missing or not a positive whole number "
                                   "(fix: retrain, or `intentflow rollback`)")
+    config.setdefault("word_ngrams", WORD_NGRAMS)
+    if not _positive_whole(config["word_ngrams"]) or config["word_ngrams"] > MAX_WORD_NGRAMS:
+        _refuse(shown, f"config.word_ngrams must be a whole number from 1 to {MAX_WORD_NGRAMS}")
+    dropout = config.get("dropout", 0.0)
+    if isinstance(dropout, bool) or not isinstance(dropout, int | float) or not 0.0 <= dropout < 1.0:
+        _refuse(shown, "config.dropout must be a number from 0 to below 1")
     if config["vocab_size"] != len(payload["vocab"]) + 1 or config["num_labels"] != len(payload["labels"]):
         raise IntentflowError(f"checkpoint {shown}: vocabulary or labels do not match its config "
                               "(fix: retrain, or `intentflow rollback`)")
-    config.setdefault("word_ngrams", WORD_NGRAMS)
+    if not all(isinstance(feature, str) for feature in payload["vocab"]) or len(set(payload["vocab"])) != len(
+            payload["vocab"]):
+        _refuse(shown, "the vocabulary must be distinct strings")
+    labels = payload["labels"]
+    if not all(isinstance(label, str) and label.strip() for label in labels) or len(set(labels)) != len(labels):
+        _refuse(shown, "labels must be distinct, non-blank strings")
+    expected = parameter_shapes(config["vocab_size"], config["num_labels"], config["hidden_size"],
+                                config["hidden_layers"])
+    weights = payload["state_dict"]
+    if set(weights) != set(expected):
+        missing = ", ".join(sorted(set(expected) - set(weights))) or "none"
+        unexpected = ", ".join(sorted(map(str, set(weights) - set(expected)))) or "none"
+        raise IntentflowError(f"checkpoint {shown}: weights do not match its config (missing: {missing}; "
+                              f"unexpected: {unexpected}) (fix: retrain, or `intentflow rollback`)")
+    for name, shape in expected.items():
+        tensor = weights[name]
+        if not isinstance(tensor, torch.Tensor) or not tensor.is_floating_point() or tuple(tensor.shape) != shape:
+            found = (f"a {tensor.dtype} tensor of shape {tuple(tensor.shape)}" if isinstance(tensor, torch.Tensor)
+                     else type(tensor).__name__)
+            raise IntentflowError(f"checkpoint {shown}: weights do not match its config ({name}: expected a float "
+                                  f"tensor of shape {shape}, found {found}) (fix: retrain, or `intentflow rollback`)")
+    _check_optional(payload, shown)
 
+
+def _check_optional(payload: dict[str, Any], shown: str) -> None:
+    # Not needed to predict, but `evaluate` and the gate read them: wrong types would fail there, far from the file.
+    validation = payload.get("validation")
+    if validation is not None:
+        if not isinstance(validation, dict):
+            _refuse(shown, "'validation' must be an object of text and label lists")
+        columns = [validation.get(key) for key in ("text", "label", "original") if key in validation]
+        if not all(isinstance(column, list) and all(isinstance(item, str) for item in column) for column in columns) \
+                or len({len(column) for column in columns}) > 1:
+            _refuse(shown, "'validation' must hold lists of strings of one length")
+    originals = payload.get("train_originals")
+    if originals is not None and not (isinstance(originals, list) and all(isinstance(t, str) for t in originals)):
+        _refuse(shown, "'train_originals' must be a list of strings")
+    for key, kind in (("history", list), ("outcome_hash", str), ("created_at", str)):
+        if payload.get(key) is not None and not isinstance(payload[key], kind):
+            _refuse(shown, f"'{key}' has the wrong type")
+
+
+def _positive_whole(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+def _refuse(shown: str, what: str) -> None:
+    raise IntentflowError(f"checkpoint {shown} was refused: {what} (fix: retrain, or `intentflow rollback`)")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,6 +11,7 @@ from intentflow.augment import Augmented, Row, augment_outcomes
 from intentflow.config import PrepareConfig
 from intentflow.errors import IntentflowError, Problem, ValidationFailed, display_path
 from intentflow.fileio import write_json, write_jsonl
+from intentflow.jsonfiles import MAX_LINE_BYTES, JsonProblem, jsonl_values, parse_json
 from intentflow.outcomes import OutcomeSet
 from intentflow.split import Split, split_rows
 
@@ -70,10 +70,13 @@ def read_prepared(data_dir: str | Path) -> PreparedData:
                                   f"(fix: run `intentflow prepare --out {display_path(data_dir)}` first)")
     manifest_path = data_dir / MANIFEST_FILE
     try:
-        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        manifest = parse_json(manifest_path.read_text(encoding="utf-8"))
+    except (JsonProblem, UnicodeDecodeError) as error:
         raise IntentflowError(f"{display_path(manifest_path)} is not valid JSON: {error} "
                               "(fix: run `intentflow prepare` again)") from None
+    if not isinstance(manifest, dict):
+        raise IntentflowError(f"{display_path(manifest_path)} is not a JSON object "
+                              "(fix: run `intentflow prepare` again)")
     train = _rows(data_dir / TRAIN_FILE)
     val = _rows(data_dir / VAL_FILE)
     return PreparedData(tuple(train), tuple(val), manifest)
@@ -91,33 +94,32 @@ def read_labelled(path: str | Path, extra_fields: bool = False) -> tuple[list[st
     """Read ``{"text": ..., "label": ...}`` per line; every bad line is reported with its number."""
     path = Path(path)
     shown = display_path(path)
-    if not path.is_file():
+    if not path.exists():
         raise ValidationFailed([Problem(shown, "", "the file does not exist", "pass an existing JSONL file")])
+    if not path.is_file():
+        raise ValidationFailed([Problem(shown, "", "is not a regular file", "pass a JSONL file")])
     problems: list[Problem] = []
     texts: list[str] = []
     labels: list[str] = []
     records: list[dict] = []
     try:
-        handle = path.open(encoding="utf-8")
-        with handle:
-            for number, line in enumerate(handle, start=1):
-                if not line.strip():
-                    continue
+        with path.open("rb") as stream:
+            for number, value in jsonl_values(stream, MAX_LINE_BYTES):
                 if len(texts) >= MAX_LABELLED_ROWS:
                     problems.append(Problem(shown, f"line {number}", f"more than {MAX_LABELLED_ROWS:,} rows",
                                             "split the file"))
                     break
-                record = _record(line, shown, number, problems)
-                if record is None:
-                    continue
-                texts.append(" ".join(record["text"].split()))
-                labels.append(record["label"])
-                if extra_fields:
-                    records.append(record)
+                record = _record(value, shown, number, problems)
+                if record is not None:
+                    texts.append(" ".join(record["text"].split()))
+                    labels.append(record["label"])
+                    if extra_fields:
+                        records.append(record)
                 if len(problems) >= 50:
                     break
-    except UnicodeDecodeError as error:
-        problems.append(Problem(shown, "", f"is not valid UTF-8 (byte {error.start})", "save it as UTF-8"))
+    except OSError as error:
+        raise ValidationFailed([Problem(shown, "", f"cannot be read ({error.strerror})",
+                                        "check the file's permissions")]) from None
     if not problems and not texts:
         problems.append(Problem(shown, "", "holds no rows", 'write one {"text": ..., "label": ...} per line'))
     if problems:
@@ -125,12 +127,10 @@ def read_labelled(path: str | Path, extra_fields: bool = False) -> tuple[list[st
     return texts, labels, records
 
 
-def _record(line: str, shown: str, number: int, problems: list[Problem]) -> dict | None:
+def _record(record: Any, shown: str, number: int, problems: list[Problem]) -> dict | None:
     where = f"line {number}"
-    try:
-        record = json.loads(line)
-    except json.JSONDecodeError as error:
-        problems.append(Problem(shown, where, f"invalid JSON: {error.msg}", "fix the line's JSON syntax"))
+    if isinstance(record, JsonProblem):
+        problems.append(Problem(shown, record.where, record.message, record.fix))
         return None
     if not isinstance(record, dict):
         problems.append(Problem(shown, where, "expected a JSON object", 'write {"text": ..., "label": ...}'))

@@ -1,9 +1,10 @@
-"""Files written whole or not at all: temp file, flush, fsync, rename."""
+"""Files written whole or not at all: temp file, flush, fsync, rename, fsync the folder."""
 
 from __future__ import annotations
 
 import json
 import os
+import signal
 import tempfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -12,6 +13,25 @@ from typing import IO, Any
 from intentflow.errors import IntentflowError, display_path
 
 TEMP_PREFIX = ".tmp-"
+# Tests only: the name of a crash point (see ``crash_point``) where the process kills itself.
+CRASH_POINT_VARIABLE = "INTENTFLOW_TEST_CRASH_AT"
+
+
+class WriteFailed(IntentflowError):
+    """A file could not be written (disk full, no permission); the old file, if any, is as it was."""
+
+    def __init__(self, path: Path, error: OSError, fix: str):
+        self.reason = error.strerror or str(error)
+        super().__init__(f"cannot write {display_path(path)}: {self.reason} (fix: {fix})")
+
+
+def crash_point(name: str) -> None:
+    """Die here at once, as a power cut or ``kill -9`` would, if INTENTFLOW_TEST_CRASH_AT names this point.
+
+    A no-op otherwise. The crash tests use it to stop a publisher between two steps it must survive.
+    """
+    if os.environ.get(CRASH_POINT_VARIABLE) == name:
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None]) -> Path:
@@ -24,19 +44,21 @@ def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None]) -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)
         handle, temp_name = tempfile.mkstemp(prefix=TEMP_PREFIX + path.name + ".", dir=path.parent)
     except OSError as error:
-        raise IntentflowError(f"cannot write {display_path(path)}: {error.strerror} "
-                              "(fix: check the folder exists and is writable)") from None
+        raise WriteFailed(path, error, "free disk space, or check the folder exists and is writable; "
+                                       "nothing was replaced") from None
     temp = Path(temp_name)
     try:
         with os.fdopen(handle, "wb") as stream:
             write(stream)
             stream.flush()
             os.fsync(stream.fileno())
+        crash_point(f"before-rename:{path.name}")
         os.replace(temp, path)
+        # The rename itself is only durable once the folder holding it is synced.
+        fsync_folder(path.parent)
     except OSError as error:
         temp.unlink(missing_ok=True)
-        raise IntentflowError(f"cannot write {display_path(path)}: {error.strerror} "
-                              "(fix: free disk space or check permissions; nothing was replaced)") from None
+        raise WriteFailed(path, error, "free disk space or check permissions; nothing was replaced") from None
     except BaseException:
         temp.unlink(missing_ok=True)
         raise
@@ -59,3 +81,17 @@ def write_bytes(path: str | Path, data: bytes) -> Path:
 def write_jsonl(path: str | Path, records: Iterable[dict[str, Any]]) -> Path:
     payload = "".join(json.dumps(record, ensure_ascii=False) + "\n" for record in records).encode("utf-8")
     return atomic_write(path, lambda stream: stream.write(payload))
+
+
+def fsync_folder(path: Path) -> None:
+    """Make a rename in ``path`` durable; best effort, as some file systems cannot sync a folder."""
+    try:
+        descriptor = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(descriptor)
+    except OSError:
+        pass
+    finally:
+        os.close(descriptor)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import random
 import re
 import unicodedata
@@ -12,6 +11,7 @@ from pathlib import Path
 
 from intentflow.errors import IntentflowError, Problem, ValidationFailed, display_path
 from intentflow.fileio import write_json
+from intentflow.jsonfiles import MAX_LINE_BYTES, JsonProblem, jsonl_values
 from intentflow.outcomes import MAX_TEXT_CHARS, MAX_UTTERANCES, NAME_PATTERN, normalise_text
 
 _NOT_NAME = re.compile(r"[^a-z0-9]+")
@@ -93,29 +93,27 @@ def _read_rows(source: Path, text_column: str, label_column: str,
                problems: list[Problem]) -> list[tuple[int, str, str]]:
     """Rows that are well formed; what is wrong with the others goes into ``problems``."""
     shown = display_path(source)
-    if not source.is_file():
+    if not source.exists():
         raise ValidationFailed([Problem(shown, "", "the file does not exist", "pass an existing JSONL or CSV file")])
+    if not source.is_file():
+        raise ValidationFailed([Problem(shown, "", "is not a regular file", "pass a JSONL or CSV file")])
     if source.suffix.lower() == ".csv":
         return _read_csv(source, shown, text_column, label_column, problems)
     rows: list[tuple[int, str, str]] = []
     try:
-        with source.open(encoding="utf-8") as handle:
-            for number, line in enumerate(handle, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError as error:
-                    problems.append(Problem(shown, f"line {number}", f"invalid JSON: {error.msg}",
-                                            "fix the line's JSON syntax"))
+        with source.open("rb") as stream:
+            for number, record in jsonl_values(stream, MAX_LINE_BYTES):
+                if isinstance(record, JsonProblem):
+                    problems.append(Problem(shown, record.where, record.message, record.fix))
                     continue
                 row = _row(record, number, shown, text_column, label_column, problems)
                 if row:
                     rows.append(row)
                 if len(problems) >= MAX_REPORTED:
                     break
-    except UnicodeDecodeError as error:
-        problems.append(Problem(shown, "", f"is not valid UTF-8 (byte {error.start})", "save it as UTF-8"))
+    except OSError as error:
+        raise ValidationFailed([Problem(shown, "", f"cannot be read ({error.strerror})",
+                                        "check the file's permissions")]) from None
     if not problems and not rows:
         raise ValidationFailed([Problem(shown, "", "holds no rows", f'write one {{"{text_column}": ..., '
                                         f'"{label_column}": ...}} per line')])
@@ -127,7 +125,7 @@ def _read_csv(source: Path, shown: str, text_column: str, label_column: str,
     import pandas as pd
 
     try:
-        frame = pd.read_csv(source, dtype=str, keep_default_na=False, encoding="utf-8")
+        frame = pd.read_csv(source, dtype=str, keep_default_na=False, encoding="utf-8-sig")
     except (UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as error:
         raise ValidationFailed([Problem(shown, "", f"is not readable CSV: {str(error).splitlines()[0]}",
                                         "save it as UTF-8 CSV with a header row")]) from None

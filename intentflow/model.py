@@ -59,3 +59,16 @@ class IntentMLP(nn.Module):
         for layer in self.hidden:
             hidden = self.dropout(torch.relu(layer(hidden)))
         return self.output(hidden)
+
+
+def parameter_shapes(vocab_size: int, num_labels: int, hidden_size: int,
+                     hidden_layers: int) -> dict[str, tuple[int, ...]]:
+    """Name and shape of every weight ``IntentMLP`` holds, so a checkpoint is checked before a network is built
+    (a hostile file cannot make one allocate more than the weights it really holds)."""
+    shapes: dict[str, tuple[int, ...]] = {"input.weight": (vocab_size, hidden_size), "input_bias": (hidden_size,)}
+    for index in range(hidden_layers - 1):
+        shapes[f"hidden.{index}.weight"] = (hidden_size, hidden_size)
+        shapes[f"hidden.{index}.bias"] = (hidden_size,)
+    shapes["output.weight"] = (num_labels, hidden_size)
+    shapes["output.bias"] = (num_labels,)
+    return shapes

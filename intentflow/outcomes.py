@@ -5,12 +5,15 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
+import os
 import re
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from intentflow.errors import IntentflowError, Problem, ValidationFailed, display_path
+from intentflow.errors import IntentflowError, Problem, ValidationFailed, display_path, field_name, quote
+from intentflow.jsonfiles import JsonProblem, parse_json
 
 NAME_PATTERN = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 ALLOWED_KEYS = ("name", "description", "examples", "synonyms", "teach_hints")
@@ -109,7 +112,11 @@ def load_outcomes(folder: str | Path) -> OutcomeSet:
         raise ValidationFailed(
             [Problem(shown, "", "is not a folder", "pass the folder holding the outcome files")]
         )
-    files = sorted(p for p in folder.iterdir() if p.suffix == ".json" and not p.name.startswith("."))
+    try:
+        files = sorted(p for p in folder.iterdir() if p.suffix == ".json" and not p.name.startswith("."))
+    except OSError as error:
+        raise ValidationFailed([Problem(shown, "", f"cannot be listed ({error.strerror})",
+                                        "check the folder's permissions")]) from None
     if not files:
         raise ValidationFailed(
             [Problem(shown, "", "holds no outcome files (*.json)",
@@ -142,7 +149,7 @@ def parse_outcome(data: Any, shown: str, stem: str | None = None) -> tuple[Outco
         if key not in ALLOWED_KEYS:
             close = difflib.get_close_matches(str(key), ALLOWED_KEYS, n=1)
             fix = f"did you mean '{close[0]}'?" if close else f"remove it; allowed keys: {', '.join(ALLOWED_KEYS)}"
-            problems.append(Problem(shown, str(key), "unknown key", fix))
+            problems.append(Problem(shown, field_name(str(key)), "unknown key", fix))
     for key in REQUIRED_KEYS:
         if key not in data:
             problems.append(Problem(shown, key, "required key is missing", f"add \"{key}\""))
@@ -155,13 +162,15 @@ def parse_outcome(data: Any, shown: str, stem: str | None = None) -> tuple[Outco
             name = None
         elif not NAME_PATTERN.fullmatch(name):
             problems.append(Problem(
-                shown, "name", f"'{name}' is not a valid outcome name",
+                shown, "name", f"{quote(name)} is not a valid outcome name",
                 "use lowercase letters, digits and underscores, starting with a letter, at most 64 characters",
             ))
             name = None
         elif stem is not None and name != stem:
-            problems.append(Problem(shown, "name", f"'{name}' differs from the file name '{stem}.json'",
-                                    f"rename the file to {name}.json or set \"name\": \"{stem}\""))
+            # Setting the name to the stem is only a fix when the stem is a valid name itself.
+            keep_file = f' or set "name": "{stem}"' if NAME_PATTERN.fullmatch(stem) else ""
+            problems.append(Problem(shown, "name", f"'{name}' differs from the file name {quote(stem + '.json')}",
+                                    f"rename the file to {name}.json{keep_file}"))
 
     description = data.get("description", "")
     if not isinstance(description, str):
@@ -178,7 +187,7 @@ def parse_outcome(data: Any, shown: str, stem: str | None = None) -> tuple[Outco
         for index, text in enumerate(texts):
             norm = normalise_text(text)
             if norm in seen:
-                problems.append(Problem(shown, f"{key}[{index}]", f"'{text}' repeats {seen[norm]}",
+                problems.append(Problem(shown, f"{key}[{index}]", f"{quote(text)} repeats {seen[norm]}",
                                         "remove the repeated utterance"))
             else:
                 seen[norm] = f"{key}[{index}]"
@@ -187,7 +196,7 @@ def parse_outcome(data: Any, shown: str, stem: str | None = None) -> tuple[Outco
     for phrase in synonyms:
         pattern = phrase_pattern(phrase)
         if not any(pattern.search(text) for text in originals):
-            warnings.append(f"{shown}: synonyms.{phrase}: the phrase appears in no example or teach hint, "
+            warnings.append(f"{shown}: synonyms.{field_name(phrase)}: the phrase appears in no example or teach hint, "
                             "so it changes nothing")
 
     if problems or name is None:
@@ -209,32 +218,35 @@ def phrase_pattern(phrase: str) -> re.Pattern[str]:
 def _load_file(path: Path, folder: Path, problems: list[Problem], warnings: list[str],
                declared: dict[str, Path]) -> Outcome | None:
     shown = display_path(path)
-    if path.is_symlink() or not path.is_file():
-        target = path.resolve()
+    if path.is_symlink():
+        try:
+            target = path.resolve(strict=True)
+        except FileNotFoundError:
+            problems.append(Problem(shown, "", "is a link to a file that does not exist",
+                                    "replace the link with the JSON file itself"))
+            return None
+        except (OSError, RuntimeError):  # a loop of links: RuntimeError up to Python 3.12, OSError after
+            problems.append(Problem(shown, "", "is a link that cannot be followed (it loops)",
+                                    "replace the link with the JSON file itself"))
+            return None
         if not target.is_relative_to(folder.resolve()):
             problems.append(Problem(shown, "", "is a link that leads outside the outcomes folder",
                                     "copy the file into the folder instead of linking to it"))
             return None
-        if not target.is_file():
-            problems.append(Problem(shown, "", "is not a regular file", "replace it with a JSON file"))
-            return None
-    size = path.stat().st_size
-    if size > MAX_FILE_BYTES:
-        problems.append(Problem(shown, "", f"is {size:,} bytes, over the limit of {MAX_FILE_BYTES:,}",
-                                "keep an outcome to its representative utterances; split huge sets"))
+    raw = _read_bounded(path, shown, problems)
+    if raw is None:
         return None
-    raw = path.read_bytes()
     try:
-        text = raw.decode("utf-8")
+        # A byte-order mark, as some Windows editors write, is allowed and ignored.
+        text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as error:
         problems.append(Problem(shown, "", f"is not valid UTF-8 (byte {error.start})",
                                 "save the file with UTF-8 encoding"))
         return None
     try:
-        data = json.loads(text)
-    except json.JSONDecodeError as error:
-        problems.append(Problem(shown, f"line {error.lineno} column {error.colno}",
-                                f"invalid JSON: {error.msg}", "fix the JSON syntax at that position"))
+        data = parse_json(text)
+    except JsonProblem as error:
+        problems.append(Problem(shown, error.where, error.message, error.fix))
         return None
     name = data.get("name") if isinstance(data, dict) else None
     if isinstance(name, str) and NAME_PATTERN.fullmatch(name):
@@ -253,6 +265,38 @@ def _load_file(path: Path, folder: Path, problems: list[Problem], warnings: list
                    synonyms=outcome.synonyms, teach_hints=outcome.teach_hints, source=path)
 
 
+def _read_bounded(path: Path, shown: str, problems: list[Problem]) -> bytes | None:
+    """The file's bytes, if it is a regular file within the size limit; its size is checked before reading."""
+    try:
+        # Opened without blocking and checked through the open descriptor: a FIFO or device named *.json is
+        # refused, never read, and a file swapped in after a check cannot slip past it.
+        descriptor = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except OSError as error:
+        problems.append(Problem(shown, "", f"cannot be read ({error.strerror})", "check the file's permissions"))
+        return None
+    info = os.fstat(descriptor)
+    if not stat.S_ISREG(info.st_mode):
+        os.close(descriptor)
+        problems.append(Problem(shown, "", "is not a regular file", "replace it with a JSON file"))
+        return None
+    if info.st_size > MAX_FILE_BYTES:
+        os.close(descriptor)
+        problems.append(Problem(shown, "", f"is {info.st_size:,} bytes, over the limit of {MAX_FILE_BYTES:,}",
+                                "keep an outcome to its representative utterances; split huge sets"))
+        return None
+    with os.fdopen(descriptor, "rb") as stream:
+        try:
+            raw = stream.read(MAX_FILE_BYTES + 1)
+        except OSError as error:
+            problems.append(Problem(shown, "", f"cannot be read ({error.strerror})", "check the file and the disk"))
+            return None
+    if len(raw) > MAX_FILE_BYTES:  # it grew after the check
+        problems.append(Problem(shown, "", f"is over the limit of {MAX_FILE_BYTES:,} bytes",
+                                "keep an outcome to its representative utterances; split huge sets"))
+        return None
+    return raw
+
+
 def _check_across_files(outcomes: list[Outcome], problems: list[Problem]) -> None:
     owner: dict[str, tuple[Outcome, str]] = {}
     for outcome in outcomes:
@@ -263,7 +307,7 @@ def _check_across_files(outcomes: list[Outcome], problems: list[Problem]) -> Non
                     other, other_field = owner[norm]
                     problems.append(Problem(
                         display_path(outcome.source or Path("?")), f"{key}[{index}]",
-                        f"'{text}' conflicts with {display_path(other.source or Path('?'))} "
+                        f"{quote(text)} conflicts with {display_path(other.source or Path('?'))} "
                         f"{other_field} (outcome '{other.name}')",
                         "keep the utterance under one outcome only",
                     ))
@@ -313,9 +357,13 @@ def _synonyms(value: Any, shown: str, problems: list[Problem]) -> dict[str, tupl
         return {}
     result: dict[str, tuple[str, ...]] = {}
     for phrase, alternatives in value.items():
-        where = f"synonyms.{phrase}"
+        where = f"synonyms.{field_name(phrase)}"
         if not phrase.strip():
             problems.append(Problem(shown, "synonyms", "has a blank phrase", "remove the blank key"))
+            continue
+        if len(phrase) > MAX_TEXT_CHARS:
+            problems.append(Problem(shown, where, f"the phrase is {len(phrase)} characters, over the limit of "
+                                    f"{MAX_TEXT_CHARS}", "use a short phrase"))
             continue
         if not isinstance(alternatives, list) or not alternatives:
             problems.append(Problem(shown, where, f"expected a non-empty list of strings, found "
@@ -332,6 +380,9 @@ def _synonyms(value: Any, shown: str, problems: list[Problem]) -> dict[str, tupl
                                         f"{_type_name(alternative)}", "write the alternative as a quoted string"))
             elif not alternative.strip():
                 problems.append(Problem(shown, f"{where}[{index}]", "is blank", "remove the blank alternative"))
+            elif len(alternative) > MAX_TEXT_CHARS:
+                problems.append(Problem(shown, f"{where}[{index}]", f"is {len(alternative)} characters, over the "
+                                        f"limit of {MAX_TEXT_CHARS}", "use a short alternative wording"))
             elif normalise_text(alternative) == normalise_text(phrase):
                 problems.append(Problem(shown, f"{where}[{index}]", "is the phrase itself",
                                         "remove it; list only other wordings"))

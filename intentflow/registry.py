@@ -31,7 +31,7 @@ from typing import Any
 
 from intentflow.checkpoint import save_checkpoint
 from intentflow.errors import IntentflowError, display_path
-from intentflow.fileio import TEMP_PREFIX, write_bytes, write_json, write_text
+from intentflow.fileio import TEMP_PREFIX, WriteFailed, crash_point, fsync_folder, write_bytes, write_json, write_text
 
 VERSION_PREFIX = "intent_model_v"
 PRODUCTION_FILE = "production.json"
@@ -67,7 +67,7 @@ class Registry:
             return []
         found = []
         for path in self.root.iterdir():
-            if not (_VERSION_NAME.match(path.name) and path.is_dir()):
+            if not (_VERSION_NAME.fullmatch(path.name) and path.is_dir()):
                 continue
             info = _read_json(path / VERSION_FILE)
             if info is None or not (path / f"{path.name}.pt").is_file():
@@ -84,8 +84,11 @@ class Registry:
                               "(fix: pick one from `intentflow versions`)")
 
     def production_name(self) -> str | None:
+        """The version the pointer names; None when there is no pointer or it is unreadable or names no valid
+        version (``resolve_checkpoint`` tells those apart). Never a path that leads out of the registry."""
         pointer = _read_json(self.root / PRODUCTION_FILE)
-        return pointer.get("version") if pointer else None
+        name = pointer.get("version") if pointer else None
+        return name if isinstance(name, str) and _VERSION_NAME.fullmatch(name) else None
 
     def production(self) -> Version | None:
         name = self.production_name()
@@ -109,11 +112,14 @@ class Registry:
         if not path.is_file():
             return []
         events = []
-        for line in path.read_text(encoding="utf-8").splitlines():
+        for line in path.read_bytes().split(b"\n"):
             try:
-                events.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue  # a torn last line after a crash; every complete event before it still counts
+                event = json.loads(line)
+            except (ValueError, RecursionError):
+                # A torn line after a crash (possibly cut inside a UTF-8 character); every complete event counts.
+                continue
+            if isinstance(event, dict):
+                events.append(event)
         return events
 
     def status(self, version: Version) -> str:
@@ -128,8 +134,13 @@ class Registry:
     @contextmanager
     def lock(self) -> Iterator[None]:
         """One publisher at a time: an exclusive lock on the registry, released even on a crash."""
-        self.root.mkdir(parents=True, exist_ok=True)
-        with open(self.root / LOCK_FILE, "a+b") as handle:
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            handle = open(self.root / LOCK_FILE, "a+b")  # noqa: SIM115 - closed by the with below
+        except OSError as error:
+            raise IntentflowError(f"cannot lock the registry {display_path(self.root)}: {error.strerror or error} "
+                                  "(fix: check the folder exists and is writable; nothing was changed)") from None
+        with handle:
             fcntl.flock(handle, fcntl.LOCK_EX)
             try:
                 yield
@@ -153,9 +164,11 @@ class Registry:
         self.clean_temporary()
         if (self.root / name).exists():
             raise IntentflowError(f"version {name} already exists in {display_path(self.root)}")
-        temp = Path(tempfile.mkdtemp(prefix=f"{TEMP_PREFIX}{name}.", dir=self.root))
+        temp: Path | None = None
         try:
+            temp = Path(tempfile.mkdtemp(prefix=f"{TEMP_PREFIX}{name}.", dir=self.root))
             save_checkpoint(payload, temp / f"{name}.pt")
+            crash_point("checkpoint-written")
             for filename, content in files.items():
                 if isinstance(content, bytes):
                     write_bytes(temp / filename, content)
@@ -163,21 +176,27 @@ class Registry:
                     write_text(temp / filename, content)
             info = {"version": name, **info}
             write_json(temp / VERSION_FILE, info)
+            crash_point("version-written")
             os.replace(temp, self.root / name)
-            _fsync_dir(self.root)
-        except OSError as error:
-            shutil.rmtree(temp, ignore_errors=True)
-            raise IntentflowError(f"cannot write version {name} in {display_path(self.root)}: {error.strerror} "
+            fsync_folder(self.root)
+        except (OSError, WriteFailed) as error:
+            if temp is not None:
+                shutil.rmtree(temp, ignore_errors=True)
+            reason = error.reason if isinstance(error, WriteFailed) else error.strerror or str(error)
+            raise IntentflowError(f"cannot write version {name} in {display_path(self.root)}: {reason} "
                                   "(fix: free disk space or check permissions; production is unchanged)") from None
         except BaseException:
-            shutil.rmtree(temp, ignore_errors=True)
+            if temp is not None:
+                shutil.rmtree(temp, ignore_errors=True)
             raise
+        crash_point("version-renamed")
         return Version(name, self.root / name, info)
 
     def promote(self, name: str, why: str, action: str = "promote") -> dict[str, Any]:
         """Point production at ``name`` atomically and record it. Call under ``lock()``."""
         version = self.version(name)
         previous = self.production_name()
+        self._record_unrecorded(previous)
         event = {
             "time": datetime.now(UTC).isoformat(timespec="seconds"),
             "action": action,
@@ -188,13 +207,21 @@ class Registry:
         }
         write_json(self.root / PRODUCTION_FILE, {"version": version.name, "since": event["time"],
                                                  "val_accuracy": version.info.get("val_accuracy")})
-        self._append_history(event)
+        crash_point("pointer-moved")
+        try:
+            self._append_history(event)
+        except OSError as error:
+            raise IntentflowError(f"production of {display_path(self.root)} is now {version.name}, but {HISTORY_FILE} "
+                                  f"could not record it: {error.strerror or error} (fix: free disk space or check "
+                                  "permissions; the next promotion or rollback records it)") from None
+        crash_point("history-appended")
         return event
 
     def rollback(self, to: str | None = None, why: str = "manual rollback") -> dict[str, Any]:
         """Move production back to ``to``, or to the version production replaced."""
         with self.lock():
             current = self.production_name()
+            self._record_unrecorded(current)
             if to is None:
                 to = self._previous_good(current)
             target = self.version(to)
@@ -225,11 +252,43 @@ class Registry:
         raise IntentflowError(f"{display_path(self.root)} has no earlier production version to roll back to "
                               "(fix: pass --to VERSION, see `intentflow versions`)")
 
+    def _record_unrecorded(self, current: str | None) -> None:
+        """Record a promotion whose history line a crash lost (between moving the pointer and appending the line),
+        so the history stays a chain in which each event's ``previous`` is the version before it, and rollback can
+        walk it."""
+        if current is None:
+            return
+        last = next((event for event in reversed(self.history()) if event.get("version")), None)
+        if last is not None and last.get("version") == current:
+            return
+        pointer = _read_json(self.root / PRODUCTION_FILE) or {}
+        event = {
+            "time": pointer.get("since") or datetime.now(UTC).isoformat(timespec="seconds"),
+            "action": "promote",
+            "version": current,
+            "previous": last.get("version") if last else None,
+            "who": _who(),
+            "why": "recorded late: production.json names it, but the history had no line for it "
+                   "(the process that promoted it stopped before writing one)",
+        }
+        try:
+            self._append_history(event)
+        except OSError as error:
+            raise IntentflowError(f"cannot write {HISTORY_FILE} in {display_path(self.root)}: "
+                                  f"{error.strerror or error} (fix: free disk space or check permissions; "
+                                  "production is unchanged)") from None
+
     def _append_history(self, event: dict[str, Any]) -> None:
         line = (json.dumps(event, ensure_ascii=False) + "\n").encode("utf-8")
-        descriptor = os.open(self.root / HISTORY_FILE, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        descriptor = os.open(self.root / HISTORY_FILE, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
         try:
-            os.write(descriptor, line)
+            size = os.fstat(descriptor).st_size
+            # A crash mid-append can leave a last line without its newline: start a fresh line, or this event
+            # would be glued to the torn one and lost with it.
+            if size and os.pread(descriptor, 1, size - 1) != b"\n":
+                line = b"\n" + line
+            while line:
+                line = line[os.write(descriptor, line):]
             os.fsync(descriptor)
         finally:
             os.close(descriptor)
@@ -242,6 +301,10 @@ def resolve_checkpoint(path: str | Path) -> Path:
         return path
     registry = Registry(path)
     name = registry.production_name()
+    if name is None and (path / PRODUCTION_FILE).exists():
+        raise IntentflowError(f"{display_path(path / PRODUCTION_FILE)} is unreadable or names no valid version "
+                              f"(fix: `intentflow rollback --registry {display_path(path)} --to VERSION` with a "
+                              f"version from `intentflow versions --registry {display_path(path)}`)")
     if name is None:
         raise IntentflowError(f"{display_path(path)} is a folder with no production version "
                               f"({PRODUCTION_FILE} is missing) (fix: run `intentflow retrain --registry "
@@ -280,10 +343,3 @@ def _who() -> str:
         user = "unknown"
     return os.environ.get("INTENTFLOW_ACTOR") or f"{user}@{socket.gethostname()}"
 
-
-def _fsync_dir(path: Path) -> None:
-    descriptor = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)

@@ -233,3 +233,78 @@ def test_inconsistent_checkpoint_is_refused(checkpoint, tmp_path, change, messag
 
     with pytest.raises(IntentflowError, match=message):
         Classifier.load(bad)
+
+
+def _set_config(**values):
+    return lambda p: p["config"].update(values)
+
+
+def _weights(change):
+    return lambda p: p["state_dict"].update(change(p["state_dict"]))
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        pytest.param(_weights(lambda w: {k: v.tolist() for k, v in w.items()}), "found list", id="weights-as-lists"),
+        pytest.param(_weights(lambda w: {"input.weight": "weights"}), "found str", id="weight-a-string"),
+        pytest.param(_weights(lambda w: {k: v.to(torch.int64) for k, v in w.items()}), "torch.int64",
+                     id="integer-weights"),
+        pytest.param(_weights(lambda w: {"extra.weight": torch.zeros(2)}), "unexpected: extra.weight",
+                     id="extra-weight"),
+        pytest.param(lambda p: p["state_dict"].pop("output.bias"), "missing: output.bias", id="missing-weight"),
+        pytest.param(_set_config(hidden_size=-1), "config.hidden_size", id="negative-size"),
+        pytest.param(_set_config(hidden_size=True), "config.hidden_size", id="size-a-boolean"),
+        pytest.param(_set_config(hidden_layers=0), "config.hidden_layers", id="no-layers"),
+        pytest.param(_set_config(word_ngrams="2"), "config.word_ngrams", id="ngrams-a-string"),
+        pytest.param(_set_config(word_ngrams=-1), "config.word_ngrams", id="ngrams-negative"),
+        pytest.param(_set_config(dropout="0.1"), "config.dropout", id="dropout-a-string"),
+        pytest.param(lambda p: p.update(vocab=list(range(len(p["vocab"])))), "vocabulary", id="vocab-of-numbers"),
+        pytest.param(lambda p: p.update(vocab=["same"] * len(p["vocab"])), "vocabulary", id="vocab-repeats"),
+        pytest.param(lambda p: p.update(labels=[0, 1, 2]), "labels must be", id="labels-numbers"),
+        pytest.param(lambda p: p.update(labels=["a", "a", "b"]), "labels must be", id="labels-repeat"),
+        pytest.param(lambda p: p.update(validation=[1, 2]), "'validation'", id="validation-a-list"),
+        pytest.param(lambda p: p["validation"].update(label=p["validation"]["label"][:-1]), "'validation'",
+                     id="validation-ragged"),
+        pytest.param(lambda p: p.update(train_originals="all of them"), "'train_originals'", id="originals-text"),
+        pytest.param(lambda p: p.update(history={"epoch": 1}), "'history'", id="history-an-object"),
+    ],
+)
+def test_plain_data_of_the_wrong_shape_or_type_is_refused(checkpoint, tmp_path, capsys, change, message):
+    payload = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    change(payload)
+    bad = tmp_path / "bad.pt"
+    torch.save(payload, bad)
+
+    with pytest.raises(IntentflowError, match=message) as info:
+        Classifier.load(bad)
+    assert str(bad) in str(info.value)
+    assert "intentflow rollback" in str(info.value)
+    # The same through the commands that read checkpoints: exit 1, the reason, no traceback.
+    from intentflow.cli import main
+
+    for command in (["evaluate", "--checkpoint", str(bad)], ["predict", "--checkpoint", str(bad), "hello"]):
+        assert main(command) == 1
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: checkpoint {bad}") and "Traceback" not in err
+
+
+def test_a_huge_claimed_network_is_refused_before_it_is_built(checkpoint, tmp_path):
+    # 32 layers of 16,384 x 16,384 would be 34 GB of weights; the file holds a few kB. Refused by the shapes.
+    payload = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    payload["config"].update(hidden_size=16_384, hidden_layers=32)
+    bad = tmp_path / "huge.pt"
+    torch.save(payload, bad)
+
+    with pytest.raises(IntentflowError, match="weights do not match its config"):
+        Classifier.load(bad)
+
+
+@pytest.mark.parametrize(("vocab", "labels", "size", "layers"), [(10, 3, 8, 1), (50, 7, 16, 3), (2, 2, 4, 4)])
+def test_the_shapes_checked_are_the_shapes_the_network_has(vocab, labels, size, layers):
+    from intentflow.model import parameter_shapes
+
+    network = IntentMLP(vocab, labels, size, layers, 0.0)
+
+    assert parameter_shapes(vocab, labels, size, layers) == {
+        name: tuple(value.shape) for name, value in network.state_dict().items()}

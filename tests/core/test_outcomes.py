@@ -260,3 +260,49 @@ def test_unused_synonym_phrase_is_a_warning_not_an_error(make_outcomes):
 def test_normalise_text_folds_case_and_space():
     assert normalise_text("  Pay\tMY   bill ") == normalise_text("pay my bill") == "pay my bill"
     assert normalise_text("pay my bill.") != normalise_text("pay my bill")
+
+
+def test_a_file_over_the_size_limit_is_refused_before_it_is_read(make_outcomes):
+    import tracemalloc
+
+    folder = make_outcomes({"check_weather": TOY["check_weather"]})
+    with open(folder / "pay_bill.json", "wb") as stream:  # 50 MB by its size, sparse on disk
+        stream.truncate(50 * 1024 * 1024)
+
+    tracemalloc.start()
+    try:
+        error = failure(folder)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+
+    assert "is 52,428,800 bytes, over the limit of 2,000,000" in problem_at(error, "pay_bill.json", "").message
+    assert peak < 5_000_000, f"validation held {peak:,} bytes at its peak: the file was read"
+
+
+def test_a_byte_order_mark_is_allowed(make_outcomes, toy_definitions):
+    plain = make_outcomes(toy_definitions, folder="plain")
+    marked = make_outcomes({name: b"\xef\xbb\xbf" + json.dumps(data).encode()
+                            for name, data in toy_definitions.items()}, folder="marked")
+
+    assert load_outcomes(marked).content_hash == load_outcomes(plain).content_hash
+
+
+def test_messages_name_the_link_not_what_it_points_to(make_outcomes, tmp_path):
+    folder = make_outcomes({"check_weather": TOY["check_weather"]})
+    (tmp_path / "elsewhere.json").write_text("{}", encoding="utf-8")
+    (folder / "pay_bill.json").symlink_to(tmp_path / "elsewhere.json")
+
+    problem = problem_at(failure(folder), "pay_bill.json", "")
+
+    assert problem.message == "is a link that leads outside the outcomes folder"
+    assert "elsewhere" not in str(problem)
+
+
+def test_a_link_inside_the_folder_is_followed(make_outcomes, toy_definitions):
+    folder = make_outcomes({name: data for name, data in toy_definitions.items() if name != "set_alarm"})
+    (folder / "drafts").mkdir()
+    (folder / "drafts" / "set_alarm.json").write_text(json.dumps(toy_definitions["set_alarm"]), encoding="utf-8")
+    (folder / "set_alarm.json").symlink_to(folder / "drafts" / "set_alarm.json")
+
+    assert load_outcomes(folder).labels == ["check_weather", "play_music", "set_alarm"]

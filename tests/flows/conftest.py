@@ -26,7 +26,7 @@ import torch  # noqa: E402
 # The networks here are tiny; one thread avoids contention that makes them many times slower on two cores.
 torch.set_num_threads(1)
 
-from flow_helpers import TINY, write_outcomes  # noqa: E402
+from flow_helpers import TINY, Processes, write_outcomes  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -83,3 +83,14 @@ def promoted_twice(tmp_path_factory: pytest.TempPathFactory, harness: None) -> d
 def registry_copy(tmp_path: Path, promoted_twice: dict[str, Any]) -> Path:
     """A private copy of the two-version registry, for tests that move production."""
     return Path(shutil.copytree(promoted_twice["registry"], tmp_path / "registry"))
+
+
+@pytest.fixture
+def processes(tmp_path: Path) -> Iterator[Processes]:
+    """Start servers, runners and watchers as child processes; all of them are stopped after the test."""
+    (tmp_path / "logs").mkdir()
+    started = Processes(tmp_path / "logs")
+    try:
+        yield started
+    finally:
+        started.stop()

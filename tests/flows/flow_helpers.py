@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import httpx
+import pytest
+
 REPO = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
 
 # Three outcomes with no words in common, so a tiny network separates them exactly.
 OUTCOMES: dict[str, dict[str, Any]] = {
@@ -58,3 +68,84 @@ def prefect_env(home: Path, **extra: str) -> dict[str, str]:
                 "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"})
     env.update(extra)
     return env
+
+
+class Processes:
+    """Child processes in their own process groups, each logging to a file, all stopped at teardown."""
+
+    def __init__(self, logs: Path) -> None:
+        self.logs = logs
+        self.started: list[tuple[str, subprocess.Popen[bytes]]] = []
+
+    def start(self, name: str, command: list[str], env: dict[str, str], cwd: Path) -> subprocess.Popen[bytes]:
+        log = open(self.logs / f"{name}.log", "wb")  # noqa: SIM115 - closed with the process at teardown
+        process = subprocess.Popen(command, env=env, cwd=cwd, stdout=log, stderr=subprocess.STDOUT,
+                                   start_new_session=True)
+        self.started.append((name, process))
+        return process
+
+    def log(self, name: str) -> str:
+        path = self.logs / f"{name}.log"
+        return path.read_text(encoding="utf-8", errors="replace") if path.exists() else ""
+
+    def describe(self) -> str:
+        return "\n".join(f"--- {name} (exit {process.poll()}) ---\n{self.log(name)[-4000:]}"
+                         for name, process in self.started)
+
+    def check_alive(self) -> None:
+        for name, process in self.started:
+            if process.poll() is not None:
+                pytest.fail(f"{name} exited early with {process.returncode}\n{self.describe()}")
+
+    def stop(self) -> None:
+        # Newest first: the watcher and the runner before the server they talk to.
+        for _name, process in reversed(self.started):
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGTERM)
+        deadline = time.monotonic() + 20
+        for _name, process in reversed(self.started):
+            try:
+                process.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait(timeout=10)
+            if process.stdout:
+                process.stdout.close()
+        for _name, process in self.started:
+            # Children the group leader left behind (the runner's flow-run processes) go too.
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(process.pid, signal.SIGKILL)
+
+
+def wait_for(condition: Callable[[], Any], timeout: float, what: str, processes: Processes) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        processes.check_alive()
+        result = condition()
+        if result:
+            return result
+        time.sleep(0.5)
+    pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}\n{processes.describe()}")
+
+
+def post(api: str, path: str, body: dict[str, Any], auth: tuple[str, str] | None = None) -> Any:
+    response = httpx.post(f"{api}{path}", json=body, timeout=10, auth=auth)
+    response.raise_for_status()
+    return response.json()
+
+
+def healthy(api: str) -> bool:
+    try:
+        return httpx.get(f"{api}/health", timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def start_server(processes: Processes, tmp_path: Path, **env: str) -> str:
+    """`prefect server start` on a free port of 127.0.0.1, with its own home; its API URL once it answers."""
+    api = f"http://127.0.0.1:{free_port()}/api"
+    processes.start("server", [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1",
+                               "--port", api.split(":")[-1].removesuffix("/api")],
+                    prefect_env(tmp_path / "server-home", PREFECT_UI_ENABLED="false", **env), tmp_path)
+    wait_for(lambda: healthy(api), 120, "the Prefect server's /api/health", processes)
+    return api

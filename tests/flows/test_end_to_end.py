@@ -7,21 +7,15 @@ and ``intentflow watch``.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import signal
-import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
-from flow_helpers import REPO, TINY, free_port, prefect_env, write_outcomes
+from flow_helpers import REPO, TINY, Processes, post, prefect_env, start_server, wait_for, write_outcomes
 
 from flows.deployments import RETRAIN_DEPLOYMENT
 from intentflow.outcomes import load_outcomes
@@ -52,97 +46,11 @@ SERVE_SCRIPT = textwrap.dedent("""
 """)
 
 
-class Processes:
-    """Child processes in their own process groups, each logging to a file, all stopped at teardown."""
-
-    def __init__(self, logs: Path) -> None:
-        self.logs = logs
-        self.started: list[tuple[str, subprocess.Popen[bytes]]] = []
-
-    def start(self, name: str, command: list[str], env: dict[str, str], cwd: Path) -> subprocess.Popen[bytes]:
-        log = open(self.logs / f"{name}.log", "wb")  # noqa: SIM115 - closed with the process at teardown
-        process = subprocess.Popen(command, env=env, cwd=cwd, stdout=log, stderr=subprocess.STDOUT,
-                                   start_new_session=True)
-        self.started.append((name, process))
-        return process
-
-    def log(self, name: str) -> str:
-        path = self.logs / f"{name}.log"
-        return path.read_text(encoding="utf-8", errors="replace") if path.exists() else ""
-
-    def describe(self) -> str:
-        return "\n".join(f"--- {name} (exit {process.poll()}) ---\n{self.log(name)[-4000:]}"
-                         for name, process in self.started)
-
-    def check_alive(self) -> None:
-        for name, process in self.started:
-            if process.poll() is not None:
-                pytest.fail(f"{name} exited early with {process.returncode}\n{self.describe()}")
-
-    def stop(self) -> None:
-        # Newest first: the watcher and the runner before the server they talk to.
-        for _name, process in reversed(self.started):
-            if process.poll() is None:
-                os.killpg(process.pid, signal.SIGTERM)
-        deadline = time.monotonic() + 20
-        for _name, process in reversed(self.started):
-            try:
-                process.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait(timeout=10)
-            if process.stdout:
-                process.stdout.close()
-        for _name, process in self.started:
-            # Children the group leader left behind (the runner's flow-run processes) go too.
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(process.pid, signal.SIGKILL)
-
-
-@pytest.fixture
-def processes(tmp_path: Path) -> Iterator[Processes]:
-    (tmp_path / "logs").mkdir()
-    started = Processes(tmp_path / "logs")
-    try:
-        yield started
-    finally:
-        started.stop()
-
-
-def wait_for(condition: Callable[[], Any], timeout: float, what: str, processes: Processes) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        processes.check_alive()
-        result = condition()
-        if result:
-            return result
-        time.sleep(0.5)
-    pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}\n{processes.describe()}")
-
-
-def post(api: str, path: str, body: dict[str, Any]) -> Any:
-    response = httpx.post(f"{api}{path}", json=body, timeout=10)
-    response.raise_for_status()
-    return response.json()
-
-
-def healthy(api: str) -> bool:
-    try:
-        return httpx.get(f"{api}/health", timeout=2).status_code == 200
-    except httpx.HTTPError:
-        return False
-
-
 @pytest.mark.slow
 def test_an_outcome_edit_retrains_through_the_served_deployment(tmp_path: Path, processes: Processes) -> None:
     outcomes = write_outcomes(tmp_path / "outcomes")
     registry = tmp_path / "registry"
-    api = f"http://127.0.0.1:{free_port()}/api"
-
-    processes.start("server", [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1",
-                               "--port", api.split(":")[-1].removesuffix("/api")],
-                    prefect_env(tmp_path / "server-home", PREFECT_UI_ENABLED="false"), tmp_path)
-    wait_for(lambda: healthy(api), 120, "the Prefect server's /api/health", processes)
+    api = start_server(processes, tmp_path)
 
     # The runner keeps a scratch folder under TMPDIR: inside this test's folder, it goes with it.
     (tmp_path / "tmp").mkdir()
@@ -168,10 +76,14 @@ def test_an_outcome_edit_retrains_through_the_served_deployment(tmp_path: Path, 
     wait_for(lambda: "watching" in processes.log("watch"), 60, "the watcher to start", processes)
     time.sleep(2.0)  # the watcher registers with the file system just after it prints
 
+    # A burst of 50 saves in about 2.5 s (an editor saving on every keystroke), ending with the example added.
     alarm = outcomes / "set_alarm.json"
     definition = json.loads(alarm.read_text(encoding="utf-8"))
-    definition["examples"].append("set the alarm clock for nine")
-    alarm.write_text(json.dumps(definition, indent=2), encoding="utf-8")
+    for save in range(50):
+        example = "set the alarm clock for nine" if save == 49 else f"set the alarm clock for {save} minutes past"
+        alarm.write_text(json.dumps({**definition, "examples": [*definition["examples"], example]}, indent=2),
+                         encoding="utf-8")
+        time.sleep(0.05)
     edited_hash = load_outcomes(outcomes).content_hash
 
     event_filter = {"filter": {"event": {"name": ["intentflow.outcomes.changed"]}}}
@@ -193,6 +105,11 @@ def test_an_outcome_edit_retrains_through_the_served_deployment(tmp_path: Path, 
         return None
 
     run = wait_for(finished_run, RUN_TIMEOUT, "a triggered flow run to complete", processes)
+    # One burst, one event, one triggered run (the run took far longer than the watcher's quiet second). The
+    # schedule's own runs, months ahead, are the scheduler's ("auto-scheduled"); they are not counted.
+    assert len(post(api, "/events/filter", event_filter)["events"]) == 1
+    runs = post(api, "/flow_runs/filter", {"deployments": {"id": {"any_": [deployment["id"]]}}})
+    assert [r["id"] for r in runs if "auto-scheduled" not in r["tags"]] == [run["id"]], runs
 
     # The trigger passed the event's folder and changed files; the deployment's tiny parameters came along.
     params = run["parameters"]["params"]

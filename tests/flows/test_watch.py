@@ -75,6 +75,33 @@ def test_a_burst_of_edits_is_one_event(watching: tuple[Path, Recorder]) -> None:
     assert len(recorder.bursts) == 2
 
 
+def test_fifty_edits_in_a_few_seconds_are_one_event(tmp_path: Path) -> None:
+    folder = write_outcomes(tmp_path / "outcomes")
+    recorder = Recorder()
+    stop = threading.Event()
+    thread = threading.Thread(target=watch_outcomes, args=(folder, recorder, stop),
+                              kwargs={"quiet": 1.0, "max_wait": 30.0}, daemon=True)
+    thread.start()
+    time.sleep(0.8)
+    names = [*OUTCOMES, *(f"new_outcome_{index}" for index in range(7))]
+    edited = set()
+    started = time.monotonic()
+    for edit in range(50):  # every 50 ms, round the ten files: each is written five times
+        name = names[edit % len(names)]
+        (folder / f"{name}.json").write_text(json.dumps({"name": name, "examples": [f"edit {edit} of {name}"]}),
+                                             encoding="utf-8")
+        edited.add(f"{name}.json")
+        time.sleep(0.05)
+    took = time.monotonic() - started
+
+    assert recorder.wait_for(1) == [edited]
+    time.sleep(2.0)  # twice the quiet time: a second event for the same burst would have come by now
+    stop.set()
+    thread.join(timeout=10)
+    assert 2.0 < took < 10.0
+    assert recorder.bursts == [edited], f"{len(recorder.bursts)} events for one burst of 50 edits in {took:.1f} s"
+
+
 def test_only_outcome_files_count() -> None:
     assert is_outcome_file("/x/outcomes/pay_bill.json")
     assert not is_outcome_file("/x/outcomes/.pay_bill.json")
