@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from intentflow.checkpoint import build_payload, load_checkpoint
 from intentflow.config import load_settings
 from intentflow.errors import IntentflowError
+from intentflow.incremental import OUTCOMES_KEY, outcome_record
 from intentflow.inference import Classifier, build_model
 from intentflow.onnx_export import require_exporter
 from intentflow.outcomes import load_outcomes as read_outcomes
@@ -23,15 +24,18 @@ from intentflow.report import release_notes
 from tasks.augment import augment_outcomes
 from tasks.evaluate import evaluate_model
 from tasks.gate import gate_candidate
+from tasks.incremental import choose_mode, select_incremental_rows
 from tasks.outcomes import load_outcomes
 from tasks.publish import publish_version
 from tasks.split import split_rows
-from tasks.train import train_model
+from tasks.train import continue_training, train_model
 
 VERSIONS_ARTIFACT_KEY = "intent-model-versions"
 REPORT_ARTIFACT_KEY = "intent-model-report"
 CHECKPOINT_ARTIFACT_KEY = "intent-model-checkpoint"
 FROM_FILE = "empty = the value in config/training.toml"
+# The tag Prefect's scheduler gives every run it creates from a deployment's schedule.
+SCHEDULED_TAG = "auto-scheduled"
 
 
 class RetrainParameters(BaseModel):
@@ -59,6 +63,9 @@ class RetrainParameters(BaseModel):
     onnx: bool | None = Field(None, description=f"Also publish <version>.onnx with each version (needs "
                               f"intentflow[onnx]); {FROM_FILE}")
     force: bool = Field(False, description="Retrain even when production already matches outcomes and config")
+    mode: Literal["auto", "full", "incremental"] = Field(
+        "auto", description="auto: incremental (from production's weights) when only examples or teach hints were "
+        "added, else full; full or incremental force one")
     changed_paths: list[str] = Field(default_factory=list, description="Outcome files whose change triggered "
                                      "this run (filled in by the outcome-change trigger)")
 
@@ -96,19 +103,30 @@ def retrain(params: RetrainParameters = RetrainParameters()) -> State:  # noqa: 
         return Failed(message=str(error))
 
 
+def scheduled_run() -> bool:
+    """Whether this run was created by the deployment's schedule (the monthly run), not by a trigger or a person."""
+    return SCHEDULED_TAG in (flow_run.tags or [])
+
+
 def _retrain(params: RetrainParameters, logger: Any) -> State:
     settings = params.settings()
     if settings.publish.onnx:
         require_exporter()
     if params.changed_paths:
         logger.info("triggered by changes to: %s", ", ".join(params.changed_paths))
+    scheduled = scheduled_run()
     outcome_set = load_outcomes(params.outcomes)
     for warning in outcome_set.warnings:
         logger.warning("%s", warning)
     registry = Registry(params.registry)
     config = {"prepare": settings.prepare.model_dump(), "train": settings.train.model_dump()}
     current = registry.up_to_date(outcome_set.content_hash, config)
-    if current is not None and not params.force:
+    # The monthly run (and mode full) consolidates: production trained incrementally is retrained in full even when
+    # nothing changed since.
+    trained_as = (current.info.get("training") if current is not None else None) or {}
+    consolidate = (isinstance(trained_as, dict) and trained_as.get("mode") == "incremental"
+                   and (params.mode == "full" or (scheduled and params.mode == "auto")))
+    if current is not None and not params.force and not consolidate:
         message = (f"up to date: production {current.name} was trained on these outcomes "
                    f"({outcome_set.content_hash[:12]}) with this config; pass force to retrain")
         logger.info(message)
@@ -122,15 +140,6 @@ def _retrain(params: RetrainParameters, logger: Any) -> State:
                        settings.prepare.seed)
     for label in split.leaky_labels:
         logger.warning("%s has a single original: its validation rows paraphrase training rows", label)
-    trained = train_model(split, settings.train)
-    val_texts = [row.text for row in split.val]
-    val_labels = [row.label for row in split.val]
-    payload = build_payload(trained, outcome_hash=outcome_set.content_hash, prepare=settings.prepare.model_dump(),
-                            val_texts=val_texts, val_labels=val_labels,
-                            val_originals=[row.original for row in split.val],
-                            train_originals=[row.original for row in split.train])
-    candidate = Classifier(*build_model(payload), payload=payload)
-    evaluation = evaluate_model(candidate, val_texts, val_labels)
 
     production_version = registry.production()
     production = production_payload = None
@@ -139,17 +148,44 @@ def _retrain(params: RetrainParameters, logger: Any) -> State:
             production_payload = load_checkpoint(production_version.checkpoint)
             production = Classifier(*build_model(production_payload), payload=production_payload)
         except IntentflowError as error:
-            logger.warning("production %s cannot be loaded, so it is not compared: %s", production_version.name, error)
+            logger.warning("production %s cannot be loaded, so it is neither compared nor continued from: %s",
+                           production_version.name, error)
+    chosen = choose_mode(params.mode, outcome_set, config, production_payload, split, scheduled=scheduled)
+    logger.info("training mode %s: %s", chosen.mode, chosen.reason)
+    training: dict[str, Any] = chosen.to_dict()
+    train_originals = [row.original for row in split.train]
+    if chosen.mode == "incremental":
+        rows = select_incremental_rows(split.train, production_payload, settings.incremental.replay_ratio,
+                                       settings.prepare.seed)
+        trained = continue_training(production_payload, rows.new, rows.replay, split.val, settings.train,
+                                    settings.incremental)
+        # Everything production learnt is in the new weights too; the next gate must not score it on those.
+        train_originals += production_payload.get("train_originals", [])
+        training.update(base_version=production_version.name, new_rows=len(rows.new), replay_rows=len(rows.replay),
+                        incremental=settings.incremental.model_dump())
+    else:
+        trained = train_model(split, settings.train)
+    val_texts = [row.text for row in split.val]
+    val_labels = [row.label for row in split.val]
+    payload = build_payload(trained, outcome_hash=outcome_set.content_hash, prepare=settings.prepare.model_dump(),
+                            val_texts=val_texts, val_labels=val_labels,
+                            val_originals=[row.original for row in split.val], train_originals=train_originals,
+                            extra={OUTCOMES_KEY: outcome_record(outcome_set), "training": training})
+    candidate = Classifier(*build_model(payload), payload=payload)
+    evaluation = evaluate_model(candidate, val_texts, val_labels)
+
     decision = gate_candidate(evaluation.accuracy, trained.labels, val_texts, val_labels, settings.gate,
                               production, production_version.name if production_version else None,
                               candidate=candidate, val_originals=[row.original for row in split.val])
-    notes = release_notes(payload, production_payload, production_version.name if production_version else None)
+    notes = release_notes(payload, production_payload, production_version.name if production_version else None,
+                          mode=f"{chosen.mode} ({chosen.reason})")
     run = {"flow_run_id": str(flow_run.id), "flow_run_name": flow_run.name, "changed_paths": params.changed_paths}
     publication = publish_version(params.registry, payload, evaluation, decision, notes, run,
                                   onnx=settings.publish.onnx)
 
+    verdict = "promoted" if decision.promote else "rejected"
     create_markdown_artifact(key=REPORT_ARTIFACT_KEY, markdown=publication.report,
-                             description=f"{publication.version}: {'promoted' if decision.promote else 'rejected'}")
+                             description=f"{publication.version}: {verdict} ({chosen.mode} training)")
     create_link_artifact(key=CHECKPOINT_ARTIFACT_KEY, link=publication.checkpoint.resolve().as_uri(),
                          link_text=f"{publication.version} checkpoint",
                          description=f"Checkpoint of {publication.version}")

@@ -167,14 +167,41 @@ def cmd_retrain(args: argparse.Namespace) -> int:
                  if name in RetrainParameters.model_fields and getattr(args, name, None) is not None}
     try:
         params = RetrainParameters(outcomes=str(args.outcomes), registry=str(args.registry),
-                                   config=str(args.config) if args.config else None, force=args.force, **overrides)
+                                   config=str(args.config) if args.config else None, force=args.force,
+                                   mode=args.mode, **overrides)
     except ValueError as error:
         raise IntentflowError(f"invalid retrain option: {error}") from None
+    _check_server()
     with tags("intentflow", "manual"):
         state = retrain(params, return_state=True)
     message = state.message or state.name
     print(message, file=sys.stdout if state.is_completed() else sys.stderr)
     return 0 if state.is_completed() else 1
+
+
+def cmd_teach(args: argparse.Namespace) -> int:
+    from intentflow.errors import display_path
+    from intentflow.teach import Correction, read_corrections, teach_utterances
+
+    if args.file is not None:
+        if args.text is not None or args.outcome is not None:
+            raise IntentflowError("pass either an utterance with --outcome or --file, not both "
+                                  "(fix: put every correction in the file)")
+        corrections = read_corrections(args.file)
+    elif args.text is None or args.outcome is None:
+        raise IntentflowError('teach needs an utterance and its outcome (fix: intentflow teach "the utterance" '
+                              "--outcome NAME, or --file corrections.jsonl)")
+    else:
+        corrections = [Correction(args.text, args.outcome)]
+    summary = teach_utterances(args.outcomes, corrections, create=args.create)
+    for name in summary.created:
+        print(f"created {display_path(args.outcomes / (name + '.json'))}")
+    for item in summary.taught:
+        print(f"taught '{item.text}' -> {item.label} ({display_path(item.file)} {item.field})")
+    count, outcomes = len(summary.taught), len(summary.outcomes)
+    print(f"ok: {count} utterance{'s' if count != 1 else ''} taught to {outcomes} outcome{'s' if outcomes != 1 else ''}"
+          "; a running `intentflow watch` triggers a retrain, or run `intentflow retrain`")
+    return 0
 
 
 def cmd_versions(args: argparse.Namespace) -> int:
@@ -219,8 +246,20 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from flows.deployments import serve_arguments
     from flows.retrain import retrain
 
+    _check_server()
     retrain.serve(**serve_arguments())
     return 0
+
+
+def _check_server() -> None:
+    """With PREFECT_API_URL set, a server that is down or refuses this client's credentials is reported here, in a
+    line, instead of as Prefect's traceback from inside the run."""
+    from prefect.settings import PREFECT_API_URL
+
+    from flows.watch import require_server
+
+    if PREFECT_API_URL.value():
+        require_server()
 
 
 def cmd_outcomes_import(args: argparse.Namespace) -> int:
@@ -335,11 +374,22 @@ def build_parser() -> argparse.ArgumentParser:
     retrain.add_argument("--registry", type=Path, default=Path(DEFAULT_REGISTRY))
     retrain.add_argument("--threshold", type=float, default=None, help="validation accuracy needed to promote")
     retrain.add_argument("--force", action="store_true", help="retrain even when production is up to date")
+    retrain.add_argument("--mode", choices=["auto", "full", "incremental"], default="auto",
+                         help="auto (default): incremental from production when only utterances were added, else full")
     _add_flags(retrain, {**PREPARE_FLAGS, **TRAIN_FLAGS})
     retrain.add_argument("--seed", type=int, default=None)
     retrain.add_argument("--device", choices=["auto", "cpu", "cuda"], default=None)
     _add_config(retrain)
     retrain.set_defaults(handler=cmd_retrain)
+
+    teach = commands.add_parser("teach", help="add corrected utterances to their outcomes' teach_hints (all or none)")
+    teach.add_argument("text", nargs="?", default=None, help="the utterance to teach")
+    teach.add_argument("--outcome", default=None, help="the outcome the utterance means")
+    teach.add_argument("--file", type=Path, default=None,
+                       help='JSONL of corrections, {"text": ..., "label": ...} per line, taught all or none')
+    teach.add_argument("--create", action="store_true", help="create the outcome file for a new outcome name")
+    teach.add_argument("--outcomes", type=Path, default=Path(DEFAULT_OUTCOMES))
+    teach.set_defaults(handler=cmd_teach)
 
     versions = commands.add_parser("versions", help="list the registry's versions with status and accuracy")
     versions.add_argument("--registry", type=Path, default=Path(DEFAULT_REGISTRY))

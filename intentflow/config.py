@@ -48,9 +48,16 @@ class PublishConfig(_Strict):
     onnx: bool = Field(False, description="Also write <version>.onnx and its .json into each published version")
 
 
+class IncrementalConfig(_Strict):
+    epochs: int = Field(8, ge=1, le=100_000, description="Epochs of an incremental run, started from production")
+    replay_ratio: float = Field(2.0, ge=0.0, le=1_000.0, description="Old training rows replayed per new row")
+    lr: float = Field(0.001, gt=0.0, le=1.0, description="AdamW learning rate of an incremental run")
+
+
 class Settings(_Strict):
     prepare: PrepareConfig = PrepareConfig()
     train: TrainConfig = TrainConfig()
+    incremental: IncrementalConfig = IncrementalConfig()
     gate: GateConfig = GateConfig()
     publish: PublishConfig = PublishConfig()
 

@@ -49,6 +49,8 @@ def publish_version(registry_root: str | Path, payload: dict[str, Any], evaluati
         "config": {key: payload["config"].get(key) for key in ("prepare", "train")},
         "gate": decision.to_dict(),
         "run": run or {},
+        # How it was trained: full or incremental, why, and (incremental) from which version.
+        "training": payload.get("training") or {"mode": "full"},
     }
     with registry.lock():
         name = registry.next_name()

@@ -1,15 +1,21 @@
-"""The training loop: forward, loss, backward, step, validate, stop early, keep the best epoch."""
+"""The training loop: forward, loss, backward, step, validate, stop early, keep the best epoch.
+
+``train_model`` starts from random weights; ``continue_training`` from production's (incremental retraining).
+Both run the same loop, ``_fit``.
+"""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from intentflow.config import TrainConfig
+from intentflow.augment import Row
+from intentflow.config import IncrementalConfig, TrainConfig
 from intentflow.errors import IntentflowError
 from intentflow.features import Vocabulary, build_vocabulary
 from intentflow.model import IntentMLP
@@ -81,14 +87,87 @@ def train_model(
     if not train_texts:
         raise IntentflowError("the training set is empty (fix: prepare data from at least one outcome)")
     labels = sorted(set(train_labels))
+    _check_val_labels(val_labels, labels)
+    device = resolve_device(config.device)
+    torch.manual_seed(config.seed)
+    vocab = build_vocabulary(train_texts, word_ngrams=WORD_NGRAMS)
+    model = IntentMLP(len(vocab), len(labels), config.hidden_size, config.hidden_layers, config.dropout)
+    result = TrainedModel(model=model, vocab=vocab, labels=labels, config=config, device=str(device))
+    return _fit(result, train_texts, train_labels, val_texts, val_labels, epochs=config.epochs, lr=config.lr,
+                on_epoch=on_epoch)
+
+
+def continue_training(
+    production: dict[str, Any],
+    new_train: Sequence[Row],
+    replay_train: Sequence[Row],
+    val: Sequence[Row],
+    config: TrainConfig,
+    incremental: IncrementalConfig,
+    on_epoch: Callable[[EpochStats, int], None] | None = None,
+) -> TrainedModel:
+    """Start from production's weights and train ``incremental.epochs`` on new rows mixed with replayed old ones.
+
+    The vocabulary is production's, with the features first seen in these rows appended: known features keep their
+    row of weights (and their column), new ones start at zero, so the network begins as production's function.
+    The labels must be production's; the architecture is production's and must match ``config``.
+    """
+    rows = [*new_train, *replay_train]
+    if not new_train:
+        raise IntentflowError("incremental training got no new rows (fix: run a full retrain, mode full)")
+    labels = list(production["labels"])
+    architecture = production["config"]
+    expected = {"hidden_size": config.hidden_size, "hidden_layers": config.hidden_layers}
+    found = {key: architecture.get(key) for key in expected}
+    if found != expected:
+        raise IntentflowError(f"production's network {found} differs from the config's {expected}, so training "
+                              "cannot continue from it (fix: run a full retrain, mode full)")
+    unknown = sorted({row.label for row in rows} - set(labels))
+    if unknown:
+        raise IntentflowError(f"outcomes production does not know: {', '.join(unknown)} (fix: run a full retrain, "
+                              "mode full)")
+    _check_val_labels([row.label for row in val], labels)
+    device = resolve_device(config.device)
+    torch.manual_seed(config.seed)
+    word_ngrams = int(architecture.get("word_ngrams", WORD_NGRAMS))
+    known = set(production["vocab"])
+    added = [feature for feature in build_vocabulary([row.text for row in rows], word_ngrams=word_ngrams).features
+             if feature not in known]
+    vocab = Vocabulary([*production["vocab"], *added], word_ngrams=word_ngrams)
+    model = IntentMLP(len(vocab), len(labels), config.hidden_size, config.hidden_layers, config.dropout)
+    state = dict(production["state_dict"])
+    old_rows = state["input.weight"]
+    grown = torch.zeros((len(vocab), old_rows.shape[1]), dtype=old_rows.dtype)
+    grown[: old_rows.shape[0]] = old_rows
+    state["input.weight"] = grown
+    model.load_state_dict(state)
+    logger.info("continuing from production: %d new rows, %d replayed, %d new features (vocabulary %d -> %d)",
+                len(new_train), len(replay_train), len(added), old_rows.shape[0], len(vocab))
+    result = TrainedModel(model=model, vocab=vocab, labels=labels, config=config, device=str(device))
+    # All epochs, the last one kept: validation rarely holds the new sentences, so its loss would pick an epoch
+    # before they were learnt. The gate still compares the result with production.
+    return _fit(result, [row.text for row in rows], [row.label for row in rows], [row.text for row in val],
+                [row.label for row in val], epochs=incremental.epochs, lr=incremental.lr, on_epoch=on_epoch,
+                keep_best=False)
+
+
+def _check_val_labels(val_labels: Sequence[str], labels: list[str]) -> None:
     unknown = sorted(set(val_labels) - set(labels))
     if unknown:
         raise IntentflowError(f"validation labels not in the training set: {', '.join(unknown)} "
                               "(fix: re-run prepare so every outcome has training rows)")
-    device = resolve_device(config.device)
-    torch.manual_seed(config.seed)
-    vocab = build_vocabulary(train_texts, word_ngrams=WORD_NGRAMS)
-    label_index = {label: index for index, label in enumerate(labels)}
+
+
+def _fit(result: TrainedModel, train_texts: Sequence[str], train_labels: Sequence[str], val_texts: Sequence[str],
+         val_labels: Sequence[str], *, epochs: int, lr: float,
+         on_epoch: Callable[[EpochStats, int], None] | None, keep_best: bool = True) -> TrainedModel:
+    """The loop both kinds of training share: epochs of shuffled batches, validate, stop early, keep the best.
+
+    With ``keep_best`` off, every epoch runs and the last one is kept.
+    """
+    model, vocab, config = result.model, result.vocab, result.config
+    device = torch.device(result.device)
+    label_index = {label: index for index, label in enumerate(result.labels)}
 
     # The whole data set lives on the device; batches are drawn by index, with no per-row Python.
     train_x = [tensor.to(device) for tensor in vocab.encode(list(train_texts))]
@@ -100,18 +179,16 @@ def train_model(
     else:
         logger.warning("no validation rows: early stopping is off; the epoch with the lowest training loss is kept")
 
-    model = IntentMLP(len(vocab), len(labels), config.hidden_size, config.hidden_layers, config.dropout)
     model.to(device)
     # The fused kernel updates all parameters in one pass: ten times faster per step than the default on a CPU.
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay, fused=True)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=config.weight_decay, fused=True)
     generator = torch.Generator(device=device).manual_seed(config.seed)
     rows = len(train_y)
-    result = TrainedModel(model=model, vocab=vocab, labels=labels, config=config, device=str(device))
     best_loss = float("inf")
     best_state: dict[str, torch.Tensor] | None = None
     epochs_without_gain = 0
 
-    for epoch in range(1, config.epochs + 1):
+    for epoch in range(1, epochs + 1):
         model.train()
         loss_sum = torch.zeros((), device=device)
         correct = torch.zeros((), device=device, dtype=torch.long)
@@ -136,13 +213,15 @@ def train_model(
         stats = EpochStats(epoch, values[0], values[1], values[2] if has_val else None,
                            values[3] if has_val else None)
         result.history.append(stats)
-        logger.info("epoch %d/%d train loss %.4f acc %.4f%s", epoch, config.epochs, stats.train_loss,
+        logger.info("epoch %d/%d train loss %.4f acc %.4f%s", epoch, epochs, stats.train_loss,
                     stats.train_accuracy,
                     f" val loss {stats.val_loss:.4f} acc {stats.val_accuracy:.4f}" if has_val else "")
         if on_epoch is not None:
-            on_epoch(stats, config.epochs)
+            on_epoch(stats, epochs)
         monitored = stats.val_loss if has_val else stats.train_loss
-        if monitored < best_loss:
+        if not keep_best:
+            result.best_epoch = epoch
+        elif monitored < best_loss:
             best_loss = monitored
             result.best_epoch = epoch
             best_state = {name: value.detach().clone() for name, value in model.state_dict().items()}

@@ -18,7 +18,7 @@ STAGES = sorted(module.name for module in pkgutil.iter_modules(tasks.__path__))
 
 
 def test_every_stage_has_a_task_module() -> None:
-    assert STAGES == ["augment", "evaluate", "gate", "outcomes", "publish", "split", "train"]
+    assert STAGES == ["augment", "evaluate", "gate", "incremental", "outcomes", "publish", "split", "train"]
 
 
 @pytest.mark.parametrize("stage", STAGES)
@@ -38,7 +38,7 @@ def test_each_task_wraps_the_core_function_of_its_name(stage: str) -> None:
 def test_only_loading_outcomes_is_retried_and_only_on_io_errors() -> None:
     from tasks.outcomes import load_outcomes
     from tasks.publish import publish_version
-    from tasks.train import train_model
+    from tasks.train import continue_training, train_model
 
     assert load_outcomes.retries == 2
     assert load_outcomes.retry_condition_fn is _io_error
@@ -48,3 +48,4 @@ def test_only_loading_outcomes_is_retried_and_only_on_io_errors() -> None:
     # A retried publish would add a second version; a retried training fails the same way again.
     assert publish_version.retries == 0
     assert train_model.retries == 0
+    assert continue_training.retries == 0

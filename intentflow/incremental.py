@@ -1,0 +1,212 @@
+"""Incremental retraining: when to continue from production's weights, and which rows to train on then.
+
+A full retrain starts from random weights on every row. When users only added utterances (``intentflow teach``,
+new examples), production already knows everything else: training can start from its weights, on the rows of the
+new utterances mixed with a replayed sample of the old ones, for a few epochs. ``choose_mode`` decides; the
+validation set and the gate are the same in both modes.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
+
+from intentflow.augment import Row
+from intentflow.errors import IntentflowError
+from intentflow.outcomes import OutcomeSet, normalise_text
+from intentflow.report import config_changes
+from intentflow.split import Split
+
+Mode = Literal["auto", "full", "incremental"]
+MODES = ("auto", "full", "incremental")
+# What a checkpoint records of the outcomes it was trained on, so the next run can tell what changed.
+OUTCOMES_KEY = "outcomes"
+# Where a model trained does not change what it is (as in the registry's up-to-date check).
+_WHERE_ONLY = ("device",)
+_SHOWN = 3
+
+
+@dataclass(frozen=True)
+class ModeDecision:
+    mode: Literal["full", "incremental"]
+    requested: str
+    reason: str
+    scheduled: bool = False
+    new_originals: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class IncrementalRows:
+    """The rows of an incremental run: those of originals production never trained on, and a replayed sample."""
+
+    new: tuple[Row, ...]
+    replay: tuple[Row, ...]
+    new_originals: tuple[str, ...]
+
+
+def outcome_record(outcomes: OutcomeSet) -> list[dict[str, Any]]:
+    """The outcome definitions a model is trained on, as plain data for its checkpoint."""
+    return [outcome.to_dict() for outcome in outcomes.outcomes]
+
+
+def choose_mode(requested: str, outcomes: OutcomeSet, config: dict[str, Any], production: dict[str, Any] | None,
+                split: Split, *, scheduled: bool = False) -> ModeDecision:
+    """``full`` or ``incremental`` for a run on ``outcomes`` and ``split`` with ``config``, and why.
+
+    ``production`` is production's checkpoint payload (None without one). ``auto`` is ``incremental`` only when
+    production has the same outcomes, synonyms and config, every original it knew is still there under the same
+    outcome, at least one original is new and on the training side of ``split``, no original production trained on
+    is in validation, and the run is not scheduled (``scheduled``: the monthly run is always full); otherwise
+    ``full``. ``full`` and ``incremental`` force the mode; ``incremental`` is refused (``IntentflowError``) when it
+    cannot be done: no production, other outcomes, another network size, or nothing new to train on.
+    """
+    if requested not in MODES:
+        raise IntentflowError(f"mode {requested!r} is not one of {', '.join(MODES)}")
+    if requested == "full":
+        return ModeDecision("full", requested, "full retrain asked for (mode full)", scheduled)
+    blocker = _blocker(outcomes, config, production)
+    new = _new_originals(outcomes, production) if production is not None else []
+    unseen = _unseen_training(split, production) if production is not None else []
+    if requested == "incremental":
+        if blocker is None and not unseen:
+            blocker = "no training sentence is new to production"
+        if blocker is not None:
+            raise IntentflowError(f"cannot train incrementally: {blocker} (fix: use mode full or auto)")
+        return ModeDecision("incremental", requested, f"incremental asked for (mode incremental); "
+                            f"{_count(len(unseen), 'original')} new to training", scheduled, len(unseen))
+    if scheduled:
+        return ModeDecision("full", requested, "scheduled run: a full retrain every month keeps incremental steps "
+                            "from drifting", scheduled)
+    reason = blocker or _auto_reason(outcomes, config, production, new, unseen, split)
+    if reason is not None:
+        return ModeDecision("full", requested, reason, scheduled)
+    return ModeDecision("incremental", requested, f"only examples or teach hints were added "
+                        f"({_count(len(new), 'new original')}: {_sample(new)}) and production has the same outcomes",
+                        scheduled, len(new))
+
+
+def select_incremental_rows(train: Sequence[Row], production: dict[str, Any], replay_ratio: float,
+                            seed: int) -> IncrementalRows:
+    """Training rows of originals production did not train on, plus ``replay_ratio`` old rows per new row.
+
+    The replay sample takes the same share of every outcome's old rows, so each outcome is rehearsed in proportion.
+    """
+    trained_on = {normalise_text(text) for text in production.get("train_originals", [])}
+    new = tuple(row for row in train if normalise_text(row.original) not in trained_on)
+    old = [row for row in train if normalise_text(row.original) in trained_on]
+    wanted = min(len(old), round(replay_ratio * len(new)))
+    by_label: dict[str, list[Row]] = defaultdict(list)
+    for row in old:
+        by_label[row.label].append(row)
+    rng = random.Random(f"{seed}:replay")
+    replay: list[Row] = []
+    share = wanted / len(old) if old else 0.0
+    for label in sorted(by_label):
+        rows = by_label[label]
+        # At least one row of every outcome, so none goes unrehearsed.
+        count = max(1, round(share * len(rows))) if wanted else 0
+        replay.extend(rng.sample(rows, min(len(rows), count)))
+    originals = tuple(dict.fromkeys(row.original for row in new))
+    return IncrementalRows(new=new, replay=tuple(replay), new_originals=originals)
+
+
+def _blocker(outcomes: OutcomeSet, config: dict[str, Any], production: dict[str, Any] | None) -> str | None:
+    """Why training cannot continue from production at all, or None."""
+    if production is None:
+        return "there is no production model to start from"
+    added = sorted(set(outcomes.labels) - set(production.get("labels", [])))
+    removed = sorted(set(production.get("labels", [])) - set(outcomes.labels))
+    if added or removed:
+        return (f"the outcome set changed (added: {', '.join(added) or 'none'}; removed: "
+                f"{', '.join(removed) or 'none'})")
+    recorded = production.get("config", {}).get("train", {})
+    train = config.get("train", {})
+    for key in ("hidden_size", "hidden_layers"):
+        if recorded.get(key) != train.get(key):
+            return f"the network changed (train.{key} {recorded.get(key)!r} -> {train.get(key)!r})"
+    return None
+
+
+def _auto_reason(outcomes: OutcomeSet, config: dict[str, Any], production: dict[str, Any] | None,
+                 new: list[tuple[str, str]], unseen: list[str], split: Split) -> str | None:
+    """Why ``auto`` picks a full retrain although an incremental one is possible, or None."""
+    assert production is not None
+    changes = config_changes(_comparable(production.get("config", {})), _comparable(config))
+    if changes:
+        return f"the config changed ({', '.join(changes)})"
+    before = _recorded_outcomes(production)
+    if before is None:
+        return "production does not record the outcomes it was trained on (made before incremental retraining)"
+    changed = [outcome.name for outcome in outcomes.outcomes
+               if (before.get(outcome.name) or {}).get("synonyms", {}) != outcome.to_dict().get("synonyms", {})]
+    if changed:
+        return f"synonyms changed in {', '.join(changed)}: every paraphrase of those outcomes changes"
+    now = {(normalise_text(text), outcome.name) for outcome in outcomes.outcomes for text in outcome.originals}
+    gone = sorted(text for name, item in before.items() for key in ("examples", "teach_hints")
+                  for text in item.get(key, []) if (normalise_text(text), name) not in now)
+    if gone:
+        return (f"{_count(len(gone), 'original')} removed or moved to another outcome ({_sample(gone)}): a model "
+                "cannot unlearn incrementally")
+    if not new:
+        return "no utterance is new to production (nothing for an incremental run to learn)"
+    if not unseen:
+        return (f"every new original landed in validation ({_sample(new)}), so an incremental run would have "
+                "nothing new to train on")
+    trained_on = {normalise_text(text) for text in production.get("train_originals", [])}
+    seen = sorted({row.original for row in split.val if normalise_text(row.original) in trained_on})
+    if seen:
+        return (f"the split moved {_count(len(seen), 'original')} production trained on into validation "
+                f"({_sample(seen)}): starting from production would score it on sentences it learnt")
+    return None
+
+
+def _unseen_training(split: Split, production: dict[str, Any]) -> list[str]:
+    """Originals on the training side of ``split`` that production did not train on."""
+    trained_on = {normalise_text(text) for text in production.get("train_originals", [])}
+    return list(dict.fromkeys(row.original for row in split.train if normalise_text(row.original) not in trained_on))
+
+
+def _recorded_outcomes(production: dict[str, Any]) -> dict[str, dict[str, Any]] | None:
+    """Production's record of its outcome definitions by name, or None when it has none or it is malformed."""
+    recorded = production.get(OUTCOMES_KEY)
+    if not isinstance(recorded, list):
+        return None
+    outcomes = {}
+    for item in recorded:
+        if not isinstance(item, dict) or not isinstance(item.get("name"), str):
+            return None
+        lists = [item.get("examples", []), item.get("teach_hints", [])]
+        if not isinstance(item.get("synonyms", {}), dict) or not all(
+                isinstance(texts, list) and all(isinstance(text, str) for text in texts) for texts in lists):
+            return None
+        outcomes[item["name"]] = item
+    return outcomes
+
+
+def _new_originals(outcomes: OutcomeSet, production: dict[str, Any]) -> list[tuple[str, str]]:
+    """(text, outcome) of every original production neither trained nor validated on."""
+    validation = production.get("validation", {}) or {}
+    known = {normalise_text(text) for text in [*production.get("train_originals", []),
+                                               *validation.get("original", [])]}
+    return [(text, outcome.name) for outcome in outcomes.outcomes for text in outcome.originals
+            if normalise_text(text) not in known]
+
+
+def _comparable(config: dict[str, Any]) -> dict[str, Any]:
+    return {"prepare": config.get("prepare") or {},
+            "train": {key: value for key, value in (config.get("train") or {}).items() if key not in _WHERE_ONLY}}
+
+
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}{'' if number == 1 else 's'}"
+
+
+def _sample(items: Sequence[Any]) -> str:
+    shown = [f"'{item[0]}'" if isinstance(item, tuple) else f"'{item}'" for item in items[:_SHOWN]]
+    return ", ".join(shown) + (f" and {len(items) - _SHOWN} more" if len(items) > _SHOWN else "")
