@@ -5,6 +5,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export DO_NOT_TRACK := 1
+# The embedded server's 20 s start-up limit is too short on a busy 2-core machine.
+export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 120
 PREFECT_PORT ?= 4200
 API_URL := http://127.0.0.1:$(PREFECT_PORT)/api
 

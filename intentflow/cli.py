@@ -153,6 +153,8 @@ def _prefect_environment() -> None:
     # Before Prefect is imported: no analytics, no tracking, wherever the CLI starts a server.
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("DO_NOT_TRACK", "1")
+    # The embedded server's 20 s default start-up limit is too short on a busy 2-core machine.
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     # Core modules log through the standard library; this shows their lines in the Prefect UI too.
     os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "intentflow")
 

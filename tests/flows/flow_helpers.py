@@ -65,7 +65,9 @@ def prefect_env(home: Path, **extra: str) -> dict[str, str]:
     """The environment of a child process that talks to Prefect: ours, with its own home and no inherited URL."""
     env = {key: value for key, value in os.environ.items() if not key.startswith("PREFECT_")}
     env.update({"PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1",
-                "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"})
+                "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1",
+                # A loaded 2-core CI machine can take longer than Prefect's default 20 s to start a server.
+                "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120"})
     env.update(extra)
     return env
 
