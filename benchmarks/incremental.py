@@ -1,6 +1,6 @@
 """Incremental against full retraining after teaching 20 utterances: time, accuracy, and the taught utterances.
 
-    python benchmarks/incremental.py                       # the bundled outcomes and CLINC150 10-shot
+    python benchmarks/incremental.py --sample-seeds 1 2 3  # the bundled outcomes and CLINC150 10-shot
     python benchmarks/incremental.py --datasets sample     # the bundled outcomes only
 
 For each data set: train production in full, teach 20 utterances with ``intentflow.teach``, then retrain both ways
@@ -13,7 +13,10 @@ on the same augmented rows and split, with the functions the retrain flow uses (
   drawn with a fixed seed and written as outcome files; the 20 taught utterances are 5 other training utterances of
   each of 4 intents. Accuracy is on ``test.jsonl`` (30 per intent).
 
-Settings are ``config/training.toml``'s ([prepare], [train], [incremental]), so the numbers are the flow's.
+Settings are ``config/training.toml``'s ([prepare], [train], [incremental]), so the numbers are the flow's. Times
+are of the training stage (augmentation and the split are shared by both modes), wall clock and, in brackets, this
+process's CPU time, which other work on the machine disturbs less. ``--sample-seeds`` adds full retrains of the
+bundled outcomes with other training seeds: how far accuracy moves by chance there, the yardstick for a difference.
 """
 
 from __future__ import annotations
@@ -78,8 +81,9 @@ class Case:
 @dataclass
 class Measurement:
     mode: str
-    repeat: int
+    repeat: int | str
     seconds: float
+    cpu_seconds: float
     epochs: int
     val_accuracy: float
     overall: float
@@ -118,9 +122,9 @@ def train_production(folder: Path, settings: Settings) -> dict[str, Any]:
 
 
 def retrain(mode: str, outcomes: OutcomeSet, split: Split, production: dict[str, Any],
-            settings: Settings) -> tuple[dict[str, Any], float]:
-    """One retrain's training stage as the flow runs it in ``mode``; the seconds it took."""
-    start = time.perf_counter()
+            settings: Settings) -> tuple[dict[str, Any], float, float]:
+    """One retrain's training stage as the flow runs it in ``mode``; the wall and CPU seconds it took."""
+    start, cpu_start = time.perf_counter(), time.process_time()
     chosen = choose_mode(mode, outcomes, flow_config(settings), production, split)
     train_originals = [row.original for row in split.train]
     if chosen.mode == "incremental":
@@ -132,52 +136,65 @@ def retrain(mode: str, outcomes: OutcomeSet, split: Split, production: dict[str,
     else:
         trained = train_model([row.text for row in split.train], [row.label for row in split.train],
                               [row.text for row in split.val], [row.label for row in split.val], settings.train)
-    seconds = time.perf_counter() - start
-    return payload_of(trained, outcomes, split, settings, train_originals, chosen.to_dict()), seconds
+    seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
+    return payload_of(trained, outcomes, split, settings, train_originals, chosen.to_dict()), seconds, cpu_seconds
 
 
-def measure(case: Case, settings: Settings, repeats: int) -> tuple[list[Measurement], dict[str, Any]]:
+@dataclass
+class Scorer:
+    """Scores a retrained model the same way for every mode: validation, the scored set, the taught utterances."""
+
+    case: Case
+    split: Split
+    texts: list[str]
+    labels: list[str]
+    settings: Settings
+    production: Classifier
+
+    def __call__(self, mode: str, repeat: int | str, payload: dict[str, Any], seconds: float = 0.0,
+                 cpu_seconds: float = 0.0) -> Measurement:
+        classifier = Classifier(*build_model(payload), payload=payload)
+        val_texts, val_labels = [row.text for row in self.split.val], [row.label for row in self.split.val]
+        val = evaluate_model(classifier, val_texts, val_labels)
+        overall = evaluate_model(classifier, self.texts, self.labels)
+        taught_labels = {correction.label for correction in self.case.corrections}
+        rows = [index for index, label in enumerate(self.labels) if label in taught_labels]
+        taught = evaluate_model(classifier, [self.texts[i] for i in rows], [self.labels[i] for i in rows])
+        corrections = self.case.corrections
+        predicted = classifier.predict_batch([correction.text for correction in corrections])
+        train_side = {normalise_text(row.original) for row in self.split.train}
+        gate = gate_candidate(val.accuracy, payload["labels"], val_texts, val_labels, self.settings.gate,
+                              self.production, "production", candidate=classifier,
+                              val_originals=[row.original for row in self.split.val])
+        return Measurement(
+            mode, repeat, seconds, cpu_seconds, payload["metrics"]["epochs_run"], val.accuracy, overall.accuracy,
+            taught.accuracy, sum(p.label == c.label for p, c in zip(predicted, corrections, strict=True)),
+            sum(normalise_text(c.text) in train_side for c in corrections), gate.promote)
+
+
+def measure(case: Case, settings: Settings, repeats: int,
+            seeds: list[int]) -> tuple[list[Measurement], dict[str, Any]]:
     production = train_production(case.folder, settings)
-    production_classifier = Classifier(*build_model(production), payload=production)
     teach_utterances(case.folder, case.corrections)
     start = time.perf_counter()
     outcomes, split = prepare(case.folder, settings)
     prepared = time.perf_counter() - start
     auto = choose_mode("auto", outcomes, flow_config(settings), production, split)
-    train_side = {normalise_text(row.original) for row in split.train}
-    taught_labels = {c.label for c in case.corrections}
-    if case.test is None:
-        texts, labels = [row.text for row in split.val], [row.label for row in split.val]
-    else:
-        texts, labels = case.test
-    taught_rows = [index for index, label in enumerate(labels) if label in taught_labels]
-    results = [score("production", 0, 0.0, production, production_classifier, case, split, texts, labels, taught_rows,
-                     train_side, settings, production_classifier)]
+    texts, labels = case.test or ([row.text for row in split.val], [row.label for row in split.val])
+    score = Scorer(case, split, texts, labels, settings, Classifier(*build_model(production), payload=production))
+    results = [score("production", "", production)]
     for repeat in range(1, repeats + 1):
         for mode in ("full", "incremental"):
-            payload, seconds = retrain(mode, outcomes, split, production, settings)
-            classifier = Classifier(*build_model(payload), payload=payload)
-            results.append(score(mode, repeat, seconds, payload, classifier, case, split, texts, labels, taught_rows,
-                                 train_side, settings, production_classifier))
+            payload, seconds, cpu_seconds = retrain(mode, outcomes, split, production, settings)
+            results.append(score(mode, repeat, payload, seconds, cpu_seconds))
+    # How far a full retrain's accuracy moves with nothing but its training seed: the yardstick for "within 1 point".
+    for seed in seeds:
+        payload, seconds, cpu_seconds = retrain("full", outcomes, split, production,
+                                                settings.with_overrides(train={"seed": seed}))
+        results.append(score("full", f"seed {seed}", payload, seconds, cpu_seconds))
     facts = {"prepare_seconds": prepared, "auto": auto.mode, "reason": auto.reason, "train_rows": len(split.train),
              "scored_on": len(texts)}
     return results, facts
-
-
-def score(mode: str, repeat: int, seconds: float, payload: dict[str, Any], classifier: Classifier, case: Case,
-          split: Split, texts: list[str], labels: list[str], taught_rows: list[int], train_side: set[str],
-          settings: Settings, production: Classifier) -> Measurement:
-    val = evaluate_model(classifier, [row.text for row in split.val], [row.label for row in split.val])
-    overall = evaluate_model(classifier, texts, labels)
-    taught = evaluate_model(classifier, [texts[i] for i in taught_rows], [labels[i] for i in taught_rows])
-    predicted = classifier.predict_batch([c.text for c in case.corrections])
-    gate = gate_candidate(val.accuracy, payload["labels"], [row.text for row in split.val],
-                          [row.label for row in split.val], settings.gate, production, "production",
-                          candidate=classifier, val_originals=[row.original for row in split.val])
-    return Measurement(mode, repeat, seconds, payload["metrics"]["epochs_run"], val.accuracy, overall.accuracy,
-                       taught.accuracy,
-                       sum(p.label == c.label for p, c in zip(predicted, case.corrections, strict=True)),
-                       sum(normalise_text(c.text) in train_side for c in case.corrections), gate.promote)
 
 
 def sample_case(scratch: Path) -> Case:
@@ -219,19 +236,21 @@ def clinc_case(scratch: Path, clinc: Path) -> Case:
 
 
 def table(rows: list[tuple[Case, list[Measurement], dict[str, Any]]]) -> str:
-    lines = ["| data set | mode | run | train time | epochs | speed-up | val acc | overall acc | taught outcomes' acc "
-             "| taught predicted right | gate |",
-             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
+    lines = ["| data set | mode | run | train time (CPU) | epochs | speed-up (CPU) | val acc | overall acc "
+             "| taught outcomes' acc | taught predicted right | gate |",
+             "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
     for case, results, _facts in rows:
-        full = {m.repeat: m.seconds for m in results if m.mode == "full"}
+        full = {m.repeat: m for m in results if m.mode == "full"}
         for m in results:
             if m.mode == "production":
                 lines.append(f"| {case.name} | production, before teaching | | | {m.epochs} | "
                              f"| {m.val_accuracy:.2%} | {m.overall:.2%} | {m.taught_outcomes:.2%} "
                              f"| {m.taught_correct}/{len(case.corrections)} | |")
                 continue
-            speed = f"{full[m.repeat] / m.seconds:.1f}x" if m.mode == "incremental" else ""
-            lines.append(f"| {case.name} | {m.mode} | {m.repeat} | {m.seconds:.1f} s | {m.epochs} | {speed} "
+            speed = (f"{full[m.repeat].seconds / m.seconds:.1f}x ({full[m.repeat].cpu_seconds / m.cpu_seconds:.1f}x)"
+                     if m.mode == "incremental" else "")
+            lines.append(f"| {case.name} | {m.mode} | {m.repeat} | {m.seconds:.1f} s ({m.cpu_seconds:.1f} s) "
+                         f"| {m.epochs} | {speed} "
                          f"| {m.val_accuracy:.2%} | {m.overall:.2%} | {m.taught_outcomes:.2%} "
                          f"| {m.taught_correct}/{len(case.corrections)} ({m.taught_in_train} in training) "
                          f"| {'promote' if m.promoted else 'reject'} |")
@@ -244,13 +263,15 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--clinc", type=Path, default=CLINC)
     parser.add_argument("--config", type=Path, default=ROOT / "config" / "training.toml")
+    parser.add_argument("--sample-seeds", type=int, nargs="*", default=[],
+                        help="bundled outcomes: also retrain in full with these training seeds (accuracy spread)")
     args = parser.parse_args()
     settings = load_settings(args.config)
     rows = []
     with tempfile.TemporaryDirectory() as scratch:
         for dataset in args.datasets:
             case = sample_case(Path(scratch)) if dataset == "sample" else clinc_case(Path(scratch), args.clinc)
-            results, facts = measure(case, settings, args.repeats)
+            results, facts = measure(case, settings, args.repeats, args.sample_seeds if dataset == "sample" else [])
             rows.append((case, results, facts))
     print(f"machine: {machine()}\ndate: {stamp()}\ncommand: {command()}\n")
     print(f"settings: {args.config.name}: prepare {settings.prepare.model_dump()}, incremental "

@@ -20,7 +20,6 @@ from intentflow.outcomes import OutcomeSet, normalise_text
 from intentflow.report import config_changes
 from intentflow.split import Split
 
-Mode = Literal["auto", "full", "incremental"]
 MODES = ("auto", "full", "incremental")
 # What a checkpoint records of the outcomes it was trained on, so the next run can tell what changed.
 OUTCOMES_KEY = "outcomes"
@@ -133,10 +132,9 @@ def _blocker(outcomes: OutcomeSet, config: dict[str, Any], production: dict[str,
     return None
 
 
-def _auto_reason(outcomes: OutcomeSet, config: dict[str, Any], production: dict[str, Any] | None,
+def _auto_reason(outcomes: OutcomeSet, config: dict[str, Any], production: dict[str, Any],
                  new: list[tuple[str, str]], unseen: list[str], split: Split) -> str | None:
-    """Why ``auto`` picks a full retrain although an incremental one is possible, or None."""
-    assert production is not None
+    """Why ``auto`` picks a full retrain although an incremental one is possible (from production), or None."""
     changes = config_changes(_comparable(production.get("config", {})), _comparable(config))
     if changes:
         return f"the config changed ({', '.join(changes)})"
