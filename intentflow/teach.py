@@ -18,6 +18,7 @@ from typing import Any
 
 from intentflow.errors import IntentflowError, Problem, ValidationFailed, display_path
 from intentflow.fileio import write_bytes, write_json
+from intentflow.jsonfiles import MAX_LINE_BYTES, JsonProblem, jsonl_values
 from intentflow.outcomes import MAX_TEXT_CHARS, NAME_PATTERN, OutcomeSet, load_outcomes, normalise_text, parse_outcome
 
 logger = logging.getLogger(__name__)
@@ -56,41 +57,45 @@ class TeachSummary:
 
 
 def read_corrections(path: str | Path) -> list[Correction]:
-    """``{"text": ..., "label": ...}`` per line (other keys are ignored); every bad line is reported at once."""
+    """``{"text": ..., "label": ...}`` per line (other keys are ignored); every bad line is reported at once.
+
+    Lines are read by ``jsonl_values``, as labelled data is: a line that is not UTF-8, nests too deeply, holds a
+    number with thousands of digits, repeats a key or is too long is a problem naming the file and the line.
+    """
     path = Path(path)
     shown = display_path(path)
-    if not path.is_file():
+    if not path.exists():
         raise ValidationFailed([Problem(shown, "", "the corrections file does not exist",
                                         'pass a JSONL file with one {"text": ..., "label": ...} per line')])
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except UnicodeDecodeError as error:
-        raise ValidationFailed([Problem(shown, "", f"is not valid UTF-8 (byte {error.start})",
-                                        "save the file with UTF-8 encoding")]) from None
+    if not path.is_file():
+        raise ValidationFailed([Problem(shown, "", "is not a regular file",
+                                        'pass a JSONL file with one {"text": ..., "label": ...} per line')])
     problems: list[Problem] = []
     corrections: list[Correction] = []
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        where = f"line {number}"
-        if len(corrections) >= MAX_CORRECTIONS:
-            problems.append(Problem(shown, where, f"more than {MAX_CORRECTIONS:,} corrections",
-                                    "teach in smaller batches"))
-            break
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as error:
-            problems.append(Problem(shown, where, f"invalid JSON: {error.msg}", "fix the line's JSON syntax"))
-            continue
-        if not isinstance(record, dict):
-            problems.append(Problem(shown, where, "expected a JSON object", 'write {"text": ..., "label": ...}'))
-            continue
-        wrong = [key for key in ("text", "label") if not isinstance(record.get(key), str)]
-        for key in wrong:
-            problems.append(Problem(shown, f"{where} {key}", "missing or not a string",
-                                    f'give "{key}" a string value'))
-        if not wrong:
-            corrections.append(Correction(record["text"], record["label"], shown, where))
+    try:
+        with path.open("rb") as stream:
+            for number, record in jsonl_values(stream, MAX_LINE_BYTES):
+                where = f"line {number}"
+                if len(corrections) >= MAX_CORRECTIONS:
+                    problems.append(Problem(shown, where, f"more than {MAX_CORRECTIONS:,} corrections",
+                                            "teach in smaller batches"))
+                    break
+                if isinstance(record, JsonProblem):
+                    problems.append(Problem(shown, record.where, record.message, record.fix))
+                    continue
+                if not isinstance(record, dict):
+                    problems.append(Problem(shown, where, "expected a JSON object",
+                                            'write {"text": ..., "label": ...}'))
+                    continue
+                wrong = [key for key in ("text", "label") if not isinstance(record.get(key), str)]
+                for key in wrong:
+                    problems.append(Problem(shown, f"{where} {key}", "missing or not a string",
+                                            f'give "{key}" a string value'))
+                if not wrong:
+                    corrections.append(Correction(record["text"], record["label"], shown, where))
+    except OSError as error:
+        raise ValidationFailed([Problem(shown, "", f"cannot be read ({error.strerror})",
+                                        "check the file's permissions")]) from None
     if not problems and not corrections:
         problems.append(Problem(shown, "", "holds no corrections", 'write one {"text": ..., "label": ...} per line'))
     if problems:

@@ -217,6 +217,36 @@ def test_bad_lines_of_a_corrections_file_are_all_reported(tmp_path):
         read_corrections(write_jsonl(tmp_path / "empty.jsonl", ["", "  "]))
 
 
+GOOD_LINE = json.dumps({"text": "crank up the tunes", "label": "play_music"}).encode()
+
+
+@pytest.mark.parametrize(("bad_line", "message", "fix"), [
+    (b'{"text": "caf\xe9 music", "label": "play_music"}', "is not valid UTF-8", "save the file as UTF-8"),
+    (b'{"text": "hi", "label": "play_music", "x": ' + b"[" * 40_000 + b"]" * 40_000 + b"}",
+     "nested too deeply", "flatten the structure"),
+    (b'{"text": "hi", "label": "play_music", "n": ' + b"9" * 50_000 + b"}", "thousands of digits",
+     "write a shorter number"),
+])
+def test_a_hostile_corrections_file_is_refused_naming_file_and_line(toy_folder, tmp_path, capsys, bad_line,
+                                                                      message, fix):
+    corrections = tmp_path / "corrections.jsonl"
+    corrections.write_bytes(GOOD_LINE + b"\n" + bad_line + b"\n")
+    before = snapshot(toy_folder)
+
+    with pytest.raises(ValidationFailed) as info:
+        read_corrections(corrections)
+    [problem] = info.value.problems
+    assert (problem.file, problem.field) == (str(corrections), "line 2")
+    assert message in problem.message and problem.fix == fix
+
+    code = main(["teach", "--file", str(corrections), "--outcomes", str(toy_folder)])
+
+    err = capsys.readouterr().err
+    assert code == 1
+    assert f"{corrections}: line 2: " in err and message in err and "Traceback" not in err
+    assert snapshot(toy_folder) == before
+
+
 def test_teaching_into_a_broken_folder_is_refused(make_outcomes):
     folder = make_outcomes({**TOY, "broken": "{not json"})
 
