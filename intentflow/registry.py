@@ -208,12 +208,8 @@ class Registry:
         write_json(self.root / PRODUCTION_FILE, {"version": version.name, "since": event["time"],
                                                  "val_accuracy": version.info.get("val_accuracy")})
         crash_point("pointer-moved")
-        try:
-            self._append_history(event)
-        except OSError as error:
-            raise IntentflowError(f"production of {display_path(self.root)} is now {version.name}, but {HISTORY_FILE} "
-                                  f"could not record it: {error.strerror or error} (fix: free disk space or check "
-                                  "permissions; the next promotion or rollback records it)") from None
+        self._append_history(event, f"production of {display_path(self.root)} is now {version.name}, but "
+                             f"{HISTORY_FILE} could not record it", "the next promotion or rollback records it")
         crash_point("history-appended")
         return event
 
@@ -271,27 +267,29 @@ class Registry:
             "why": "recorded late: production.json names it, but the history had no line for it "
                    "(the process that promoted it stopped before writing one)",
         }
-        try:
-            self._append_history(event)
-        except OSError as error:
-            raise IntentflowError(f"cannot write {HISTORY_FILE} in {display_path(self.root)}: "
-                                  f"{error.strerror or error} (fix: free disk space or check permissions; "
-                                  "production is unchanged)") from None
+        self._append_history(event, f"cannot write {HISTORY_FILE} in {display_path(self.root)}",
+                             "production is unchanged")
 
-    def _append_history(self, event: dict[str, Any]) -> None:
+    def _append_history(self, event: dict[str, Any], failure: str, state: str) -> None:
+        """Append ``event`` to the history; if the disk refuses, raise ``IntentflowError`` saying ``failure``,
+        why, and (after the fix) ``state``, what the registry is left as."""
         line = (json.dumps(event, ensure_ascii=False) + "\n").encode("utf-8")
-        descriptor = os.open(self.root / HISTORY_FILE, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
         try:
-            size = os.fstat(descriptor).st_size
-            # A crash mid-append can leave a last line without its newline: start a fresh line, or this event
-            # would be glued to the torn one and lost with it.
-            if size and os.pread(descriptor, 1, size - 1) != b"\n":
-                line = b"\n" + line
-            while line:
-                line = line[os.write(descriptor, line):]
-            os.fsync(descriptor)
-        finally:
-            os.close(descriptor)
+            descriptor = os.open(self.root / HISTORY_FILE, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+            try:
+                size = os.fstat(descriptor).st_size
+                # A crash mid-append can leave a last line without its newline: start a fresh line, or this event
+                # would be glued to the torn one and lost with it.
+                if size and os.pread(descriptor, 1, size - 1) != b"\n":
+                    line = b"\n" + line
+                while line:
+                    line = line[os.write(descriptor, line):]
+                os.fsync(descriptor)
+            finally:
+                os.close(descriptor)
+        except OSError as error:
+            raise IntentflowError(f"{failure}: {error.strerror or error} (fix: free disk space or check "
+                                  f"permissions; {state})") from None
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
