@@ -6,6 +6,8 @@ import atexit
 import os
 import shutil
 import tempfile
+import threading
+import time
 
 # Before Prefect is imported anywhere in this process: no analytics, no tracking, and a Prefect home of our own,
 # so no test reads or writes ~/.prefect or shares a database with another run.
@@ -26,7 +28,7 @@ import torch  # noqa: E402
 # The networks here are tiny; one thread avoids contention that makes them many times slower on two cores.
 torch.set_num_threads(1)
 
-from flow_helpers import TINY, Processes, write_outcomes  # noqa: E402
+from flow_helpers import TINY, Processes, Recorder, write_outcomes  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -94,3 +96,30 @@ def processes(tmp_path: Path) -> Iterator[Processes]:
         yield started
     finally:
         started.stop()
+
+
+@pytest.fixture
+def start_watcher(tmp_path: Path) -> Iterator[Callable[..., tuple[Path, Recorder]]]:
+    """``folder, recorder = start_watcher(quiet=0.6)``: the outcome watcher, in a thread, on a fresh outcome folder,
+    with a ``Recorder`` in place of ``emit_change``. Every watcher started is stopped after the test."""
+    from flows.watch import watch_outcomes
+
+    running: list[tuple[threading.Event, threading.Thread]] = []
+
+    def start(quiet: float = 0.6, max_wait: float = 30.0) -> tuple[Path, Recorder]:
+        folder = write_outcomes(tmp_path / "outcomes")
+        recorder = Recorder()
+        stop = threading.Event()
+        thread = threading.Thread(target=watch_outcomes, args=(folder, recorder, stop),
+                                  kwargs={"quiet": quiet, "max_wait": max_wait}, daemon=True)
+        thread.start()
+        running.append((stop, thread))
+        time.sleep(0.8)  # let the watcher register with the file system before anything changes
+        return folder, recorder
+
+    yield start
+    for stop, _thread in running:
+        stop.set()
+    for _stop, thread in running:
+        thread.join(timeout=10)
+        assert not thread.is_alive()

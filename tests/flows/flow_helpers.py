@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -53,6 +54,25 @@ def write_outcomes(folder: Path, definitions: dict[str, dict[str, Any]] | None =
     for name, definition in (definitions or OUTCOMES).items():
         (folder / f"{name}.json").write_text(json.dumps(definition, indent=2), encoding="utf-8")
     return folder
+
+
+class Recorder:
+    """Stands in for ``emit_change``: records the file names of each burst the watcher reports, and lets the test
+    wait for the next one."""
+
+    def __init__(self) -> None:
+        self.bursts: list[set[str]] = []
+        self.arrived = threading.Condition()
+
+    def __call__(self, folder: Path, paths: set[str]) -> None:
+        with self.arrived:
+            self.bursts.append(set(paths))
+            self.arrived.notify_all()
+
+    def wait_for(self, count: int, timeout: float = 15.0) -> list[set[str]]:
+        with self.arrived:
+            self.arrived.wait_for(lambda: len(self.bursts) >= count, timeout=timeout)
+            return list(self.bursts)
 
 
 def free_port() -> int:

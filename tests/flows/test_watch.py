@@ -5,13 +5,13 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-from flow_helpers import OUTCOMES, free_port, prefect_env, write_outcomes
+from flow_helpers import OUTCOMES, Recorder, free_port, prefect_env, write_outcomes
 
 from flows.watch import EVENT_NAME, emit_change, event_payload, is_outcome_file, resource_id, watch_outcomes
 from intentflow.errors import IntentflowError
@@ -19,42 +19,8 @@ from intentflow.errors import IntentflowError
 INTENTFLOW = [sys.executable, "-m", "intentflow.cli"]
 
 
-class Recorder:
-    """Stands in for ``emit_change``: records each burst and lets the test wait for the next one."""
-
-    def __init__(self) -> None:
-        self.bursts: list[set[str]] = []
-        self.arrived = threading.Condition()
-
-    def __call__(self, folder: Path, paths: set[str]) -> None:
-        with self.arrived:
-            self.bursts.append(set(paths))
-            self.arrived.notify_all()
-
-    def wait_for(self, count: int, timeout: float = 15.0) -> list[set[str]]:
-        with self.arrived:
-            self.arrived.wait_for(lambda: len(self.bursts) >= count, timeout=timeout)
-            return list(self.bursts)
-
-
-@pytest.fixture
-def watching(tmp_path: Path) -> Any:
-    """Run the watcher on a fresh outcome folder in a thread; stop it after the test."""
-    folder = write_outcomes(tmp_path / "outcomes")
-    recorder = Recorder()
-    stop = threading.Event()
-    thread = threading.Thread(target=watch_outcomes, args=(folder, recorder, stop),
-                              kwargs={"quiet": 0.6, "max_wait": 30.0}, daemon=True)
-    thread.start()
-    time.sleep(0.8)  # let the watcher register with the file system before anything changes
-    yield folder, recorder
-    stop.set()
-    thread.join(timeout=10)
-    assert not thread.is_alive()
-
-
-def test_a_burst_of_edits_is_one_event(watching: tuple[Path, Recorder]) -> None:
-    folder, recorder = watching
+def test_a_burst_of_edits_is_one_event(start_watcher: Callable[..., tuple[Path, Recorder]]) -> None:
+    folder, recorder = start_watcher(quiet=0.6)
     for name in ("check_weather", "play_music"):
         definition = dict(OUTCOMES[name], examples=[*OUTCOMES[name]["examples"], f"one more {name} example"])
         (folder / f"{name}.json").write_text(json.dumps(definition), encoding="utf-8")
@@ -75,14 +41,8 @@ def test_a_burst_of_edits_is_one_event(watching: tuple[Path, Recorder]) -> None:
     assert len(recorder.bursts) == 2
 
 
-def test_fifty_edits_in_a_few_seconds_are_one_event(tmp_path: Path) -> None:
-    folder = write_outcomes(tmp_path / "outcomes")
-    recorder = Recorder()
-    stop = threading.Event()
-    thread = threading.Thread(target=watch_outcomes, args=(folder, recorder, stop),
-                              kwargs={"quiet": 1.0, "max_wait": 30.0}, daemon=True)
-    thread.start()
-    time.sleep(0.8)
+def test_fifty_edits_in_a_few_seconds_are_one_event(start_watcher: Callable[..., tuple[Path, Recorder]]) -> None:
+    folder, recorder = start_watcher(quiet=1.0)
     names = [*OUTCOMES, *(f"new_outcome_{index}" for index in range(7))]
     edited = set()
     started = time.monotonic()
@@ -96,8 +56,6 @@ def test_fifty_edits_in_a_few_seconds_are_one_event(tmp_path: Path) -> None:
 
     assert recorder.wait_for(1) == [edited]
     time.sleep(2.0)  # twice the quiet time: a second event for the same burst would have come by now
-    stop.set()
-    thread.join(timeout=10)
     assert 2.0 < took < 10.0
     assert recorder.bursts == [edited], f"{len(recorder.bursts)} events for one burst of 50 edits in {took:.1f} s"
 
