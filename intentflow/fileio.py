@@ -1,20 +1,31 @@
-"""Files written whole or not at all: temp file, flush, fsync, rename, fsync the folder."""
+"""Files written whole or not at all: temp file, flush, fsync, rename, fsync the folder.
+
+Temporary files and folders are created with the mode a plain ``open()`` or ``mkdir`` gives (0666 or 0777 less the
+umask), not ``tempfile``'s 0600 and 0700: the rename publishes the temporary file itself, so its mode is the
+published file's, and a model server running as another user must be able to read the registry.
+"""
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import secrets
 import signal
-import tempfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, TypeVar
 
 from intentflow.errors import IntentflowError, display_path
 
 TEMP_PREFIX = ".tmp-"
 # Tests only: the name of a crash point (see ``crash_point``) where the process kills itself.
 CRASH_POINT_VARIABLE = "INTENTFLOW_TEST_CRASH_AT"
+# As ``open(path, "wb")`` opens a new file, plus O_EXCL (never an existing file or link) and close-on-exec.
+_NEW_FILE_FLAGS = (os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0))
+_NAME_TRIES = 100
+
+_Made = TypeVar("_Made")
 
 
 class WriteFailed(IntentflowError):
@@ -42,11 +53,10 @@ def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None]) -> Path:
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        handle, temp_name = tempfile.mkstemp(prefix=TEMP_PREFIX + path.name + ".", dir=path.parent)
+        handle, temp = make_temp_file(path.parent, TEMP_PREFIX + path.name + ".")
     except OSError as error:
         raise WriteFailed(path, error, "free disk space, or check the folder exists and is writable; "
                                        "nothing was replaced") from None
-    temp = Path(temp_name)
     try:
         with os.fdopen(handle, "wb") as stream:
             write(stream)
@@ -63,6 +73,31 @@ def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None]) -> Path:
         temp.unlink(missing_ok=True)
         raise
     return path
+
+
+def make_temp_file(folder: Path, prefix: str) -> tuple[int, Path]:
+    """A new, empty file ``folder/prefix<random>`` opened for writing, with the mode ``open()`` would give it."""
+    return _unused_name(folder, prefix, lambda temp: (os.open(temp, _NEW_FILE_FLAGS, 0o666), temp))
+
+
+def make_temp_folder(folder: Path, prefix: str) -> Path:
+    """A new, empty folder ``folder/prefix<random>``, with the mode ``mkdir`` would give it."""
+
+    def make(temp: Path) -> Path:
+        os.mkdir(temp, 0o777)
+        return temp
+
+    return _unused_name(folder, prefix, make)
+
+
+def _unused_name(folder: Path, prefix: str, create: Callable[[Path], _Made]) -> _Made:
+    """``create(folder/prefix<random>)`` with random names until one is not taken (as ``tempfile`` does)."""
+    for _attempt in range(_NAME_TRIES):
+        try:
+            return create(folder / f"{prefix}{secrets.token_hex(4)}")
+        except FileExistsError:
+            continue
+    raise FileExistsError(errno.EEXIST, f"no unused temporary name after {_NAME_TRIES} tries", str(folder))
 
 
 def write_json(path: str | Path, data: Any) -> Path:

@@ -21,7 +21,6 @@ import os
 import re
 import shutil
 import socket
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -31,7 +30,16 @@ from typing import Any
 
 from intentflow.checkpoint import save_checkpoint
 from intentflow.errors import IntentflowError, display_path
-from intentflow.fileio import TEMP_PREFIX, WriteFailed, crash_point, fsync_folder, write_bytes, write_json, write_text
+from intentflow.fileio import (
+    TEMP_PREFIX,
+    WriteFailed,
+    crash_point,
+    fsync_folder,
+    make_temp_folder,
+    write_bytes,
+    write_json,
+    write_text,
+)
 
 VERSION_PREFIX = "intent_model_v"
 PRODUCTION_FILE = "production.json"
@@ -166,7 +174,7 @@ class Registry:
             raise IntentflowError(f"version {name} already exists in {display_path(self.root)}")
         temp: Path | None = None
         try:
-            temp = Path(tempfile.mkdtemp(prefix=f"{TEMP_PREFIX}{name}.", dir=self.root))
+            temp = make_temp_folder(self.root, f"{TEMP_PREFIX}{name}.")
             save_checkpoint(payload, temp / f"{name}.pt")
             crash_point("checkpoint-written")
             for filename, content in files.items():
@@ -275,7 +283,7 @@ class Registry:
         why, and (after the fix) ``state``, what the registry is left as."""
         line = (json.dumps(event, ensure_ascii=False) + "\n").encode("utf-8")
         try:
-            descriptor = os.open(self.root / HISTORY_FILE, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+            descriptor = os.open(self.root / HISTORY_FILE, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o666)
             try:
                 size = os.fstat(descriptor).st_size
                 # A crash mid-append can leave a last line without its newline: start a fresh line, or this event

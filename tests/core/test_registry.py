@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import threading
 import time
 from datetime import UTC, datetime
@@ -336,3 +337,32 @@ def test_rolling_back_twice_walks_further_back(registry: Registry) -> None:
     with pytest.raises(IntentflowError, match="no earlier production version"):
         registry.rollback()
     assert [event["action"] for event in registry.history()] == ["promote"] * 3 + ["rollback"] * 2
+
+
+# --- permissions -----------------------------------------------------------------------------------------------------
+def mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o002, 0o027])
+def test_published_files_and_folders_get_the_modes_open_and_mkdir_give(tmp_path: Path, umask: int) -> None:
+    # A model server running as another user reads production: nothing may be 0600 / 0700 as tempfile makes them.
+    registry = Registry(tmp_path / "registry")
+    old = os.umask(umask)
+    try:
+        version = add(registry)
+        plain = tmp_path / "plain"
+        plain.mkdir()
+        with open(plain / "file", "w"):
+            pass
+        written = fileio.write_json(tmp_path / "written.json", {"a": 1})
+    finally:
+        os.umask(old)
+    file_mode, folder_mode = mode(plain / "file"), mode(plain)
+
+    files = [*version.path.iterdir(), *(registry.root / name for name in ("production.json", "history.jsonl")),
+             written]
+    assert {version.checkpoint.name, "version.json", "report.md"} <= {path.name for path in files}
+    assert {path.name: mode(path) for path in files} == {path.name: file_mode for path in files}
+    assert (mode(version.path), mode(registry.root)) == (folder_mode, folder_mode)
+    assert (file_mode, folder_mode) == (0o666 & ~umask, 0o777 & ~umask)

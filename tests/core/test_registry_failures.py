@@ -11,7 +11,6 @@ import errno
 import json
 import os
 import shutil
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ from typing import Any
 import pytest
 import torch
 
+from intentflow import fileio
 from intentflow.checkpoint import build_payload
 from intentflow.cli import main
 from intentflow.errors import IntentflowError
@@ -103,15 +103,15 @@ def _torch_save_half(payload: Any, stream: Any, *args: Any, **kwargs: Any) -> No
 
 
 FAILURES: dict[str, Callable[[pytest.MonkeyPatch], None]] = {
-    "temp folder": lambda patch: patch.setattr(tempfile, "mkdtemp", _disk_full),
-    "checkpoint temp file": lambda patch: patch.setattr(tempfile, "mkstemp", _on_call(1, tempfile.mkstemp)),
+    "temp folder": lambda patch: patch.setattr("intentflow.registry.make_temp_folder", _disk_full),
+    "checkpoint temp file": lambda patch: patch.setattr(fileio, "make_temp_file", _on_call(1, fileio.make_temp_file)),
     "checkpoint half written": lambda patch: patch.setattr(torch, "save", _torch_save_half),
-    "metrics file": lambda patch: patch.setattr(tempfile, "mkstemp", _on_call(2, tempfile.mkstemp)),
-    "report file": lambda patch: patch.setattr(tempfile, "mkstemp", _on_call(4, tempfile.mkstemp)),
-    "version.json": lambda patch: patch.setattr(tempfile, "mkstemp", _on_call(6, tempfile.mkstemp)),
+    "metrics file": lambda patch: patch.setattr(fileio, "make_temp_file", _on_call(2, fileio.make_temp_file)),
+    "report file": lambda patch: patch.setattr(fileio, "make_temp_file", _on_call(4, fileio.make_temp_file)),
+    "version.json": lambda patch: patch.setattr(fileio, "make_temp_file", _on_call(6, fileio.make_temp_file)),
     "fsync": lambda patch: patch.setattr(os, "fsync", _on_call(3, os.fsync)),
     "version folder rename": lambda patch: patch.setattr(os, "replace", _replace_failing_for("version")),
-    "pointer temp file": lambda patch: patch.setattr(tempfile, "mkstemp", _on_call(7, tempfile.mkstemp)),
+    "pointer temp file": lambda patch: patch.setattr(fileio, "make_temp_file", _on_call(7, fileio.make_temp_file)),
     "pointer rename": lambda patch: patch.setattr(os, "replace", _replace_failing_for("production.json")),
 }
 # Failing here, the new version is already complete: it stays, accepted but not production.
