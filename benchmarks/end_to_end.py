@@ -47,7 +47,7 @@ def main() -> None:
     trained = train_model([r.text for r in data.train], [r.label for r in data.train], [r.text for r in data.val],
                           [r.label for r in data.val], settings.train)
     training = time.perf_counter() - start - prepared
-    evaluate_model(Classifier(trained.model, trained.vocab, trained.labels), [r.text for r in data.val],
+    evaluate_model(Classifier.from_trained(trained), [r.text for r in data.val],
                    [r.label for r in data.val])
     core = time.perf_counter() - start
 

@@ -60,6 +60,17 @@ class RetrainParameters(BaseModel):
     device: Literal["auto", "cpu", "cuda"] | None = Field(None, description=f"Where to train; {FROM_FILE}")
     threshold: float | None = Field(None, ge=0, le=2, description=f"Validation accuracy to promote (0.60); above 1 "
                                      f"never promotes (a dry run); {FROM_FILE}")
+    label_smoothing: float | None = Field(None, ge=0, lt=1, description=f"Label smoothing (0.1); {FROM_FILE}")
+    featurizer: Literal["bow", "embeddings"] | None = Field(
+        None, description=f"bow, or embeddings from a sentence encoder (needs intentflow[embeddings]); {FROM_FILE}")
+    embedding_model: str | None = Field(None, max_length=1000, description=f"Sentence encoder, hub name or folder "
+                                        f"(bundled all-MiniLM-L6-v2); {FROM_FILE}")
+    finetune_epochs: int | None = Field(None, ge=0, le=1000, description=f"Contrastive fine-tuning epochs of the "
+                                        f"encoder, 0 = frozen (2); {FROM_FILE}")
+    oos_threshold: Literal["auto", "off"] | float | None = Field(
+        None, description=f"Confidence below which the answer is unknown: auto (calibrated), off, or 0-1; {FROM_FILE}")
+    unknown_label: str | None = Field(None, min_length=1, max_length=200, description=f"Label of out-of-scope "
+                                      f"answers (unknown); {FROM_FILE}")
     onnx: bool | None = Field(None, description=f"Also publish <version>.onnx with each version (needs "
                               f"intentflow[onnx]); {FROM_FILE}")
     force: bool = Field(False, description="Retrain even when production already matches outcomes and config")
@@ -71,7 +82,8 @@ class RetrainParameters(BaseModel):
 
     def settings(self) -> Any:
         train_keys = ("epochs", "lr", "batch_size", "hidden_size", "hidden_layers", "dropout", "weight_decay",
-                      "patience", "seed", "device")
+                      "patience", "seed", "device", "label_smoothing", "featurizer", "embedding_model",
+                      "finetune_epochs", "oos_threshold", "unknown_label")
         return load_settings(self.config).with_overrides(
             prepare={"augment_factor": self.augment_factor, "seed": self.seed},
             train={key: getattr(self, key) for key in train_keys},
@@ -140,6 +152,7 @@ def _retrain(params: RetrainParameters, logger: Any) -> State:
                        settings.prepare.seed)
     for label in split.leaky_labels:
         logger.warning("%s has a single original: its validation rows paraphrase training rows", label)
+    split = split.for_featurizer(settings.train.featurizer)
 
     production_version = registry.production()
     production = production_payload = None

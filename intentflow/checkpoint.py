@@ -34,6 +34,14 @@ def build_payload(trained: TrainedModel, *, outcome_hash: str, prepare: dict[str
                   train_originals: list[str] | None = None,
                   extra: dict[str, Any] | None = None) -> dict[str, Any]:
     config = trained.config
+    encoder = trained.encoder
+    features: dict[str, Any] = {"featurizer": config.featurizer}
+    if encoder is not None:
+        features["input_dim"] = encoder.dimension
+        extra = {**(extra or {}), "encoder": {"model": encoder.name, "dimension": encoder.dimension,
+                                              "tuned": encoder.tuned}}
+        if encoder.tuned:
+            extra["encoder_state"] = encoder.state()
     return {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -46,12 +54,16 @@ def build_payload(trained: TrainedModel, *, outcome_hash: str, prepare: dict[str
             "hidden_layers": config.hidden_layers,
             "dropout": config.dropout,
             "word_ngrams": trained.vocab.word_ngrams,
+            **features,
             "train": config.model_dump(),
             "prepare": prepare,
         },
         "vocab": trained.vocab.features,
         "labels": list(trained.labels),
         "metrics": trained.metrics,
+        # Predictions less confident than this are the unknown label (threshold None: never).
+        "oos": {"threshold": trained.oos_threshold, "label": config.unknown_label,
+                "setting": config.oos_threshold},
         "history": [stats.to_dict() for stats in trained.history],
         "outcome_hash": outcome_hash,
         "validation": {"text": list(val_texts), "label": list(val_labels),
@@ -134,8 +146,9 @@ def _check_payload(payload: Any, shown: str) -> None:
     labels = payload["labels"]
     if not all(isinstance(label, str) and label.strip() for label in labels) or len(set(labels)) != len(labels):
         _refuse(shown, "labels must be distinct, non-blank strings")
+    input_dim = _check_featurizer(payload, shown)
     expected = parameter_shapes(config["vocab_size"], config["num_labels"], config["hidden_size"],
-                                config["hidden_layers"])
+                                config["hidden_layers"], input_dim)
     weights = payload["state_dict"]
     if set(weights) != set(expected):
         missing = ", ".join(sorted(set(expected) - set(weights))) or "none"
@@ -152,6 +165,26 @@ def _check_payload(payload: Any, shown: str) -> None:
     _check_optional(payload, shown)
 
 
+def _check_featurizer(payload: dict[str, Any], shown: str) -> int | None:
+    """The dense input width of an embeddings model (None for bag-of-words), after checking what it needs."""
+    config = payload["config"]
+    featurizer = config.setdefault("featurizer", "bow")
+    if featurizer == "bow":
+        return None
+    if featurizer != "embeddings":
+        _refuse(shown, f"config.featurizer {featurizer!r} is not 'bow' or 'embeddings'")
+    encoder = payload.get("encoder")
+    if not _positive_whole(config.get("input_dim")) or not isinstance(encoder, dict) \
+            or not isinstance(encoder.get("model"), str) or encoder.get("dimension") != config["input_dim"]:
+        _refuse(shown, "an embeddings model needs config.input_dim and an 'encoder' entry naming its model and "
+                       "dimension")
+    state = payload.get("encoder_state")
+    if state is not None and not (isinstance(state, dict) and all(
+            isinstance(key, str) and isinstance(value, torch.Tensor) for key, value in state.items())):
+        _refuse(shown, "'encoder_state' must map weight names to tensors")
+    return int(config["input_dim"])
+
+
 def _check_optional(payload: dict[str, Any], shown: str) -> None:
     # Not needed to predict, but `evaluate` and the gate read them: wrong types would fail there, far from the file.
     validation = payload.get("validation")
@@ -165,6 +198,13 @@ def _check_optional(payload: dict[str, Any], shown: str) -> None:
     originals = payload.get("train_originals")
     if originals is not None and not (isinstance(originals, list) and all(isinstance(t, str) for t in originals)):
         _refuse(shown, "'train_originals' must be a list of strings")
+    oos = payload.get("oos")
+    if oos is not None:
+        threshold = oos.get("threshold") if isinstance(oos, dict) else "missing"
+        if not isinstance(oos, dict) or not (isinstance(oos.get("label"), str) and oos["label"].strip()) or not (
+                threshold is None or (isinstance(threshold, int | float) and not isinstance(threshold, bool)
+                                      and 0.0 <= threshold <= 1.0)):
+            _refuse(shown, "'oos' must hold a threshold from 0 to 1 (or null) and a non-blank label")
     for key, kind in (("history", list), ("outcome_hash", str), ("created_at", str)):
         if payload.get(key) is not None and not isinstance(payload[key], kind):
             _refuse(shown, f"'{key}' has the wrong type")

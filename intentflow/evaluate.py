@@ -27,6 +27,12 @@ class Evaluation:
     confused_pairs: list[tuple[str, str, int]]
     # Labels in the data the model does not know; their rows can only be wrong.
     unknown_labels: list[str] = field(default_factory=list)
+    # In-scope accuracy had the model never answered unknown: what the out-of-scope threshold costs.
+    accuracy_without_oos: float | None = None
+    # Rows labelled out of scope, and the share of them the model answered unknown.
+    oos_samples: int = 0
+    oos_recall: float | None = None
+    oos_threshold: float | None = None
 
     def to_dict(self) -> dict:
         data = asdict(self)
@@ -34,12 +40,33 @@ class Evaluation:
         return data
 
 
+# Labels that mark a row as out of scope in evaluation data, besides the classifier's own unknown label
+# (CLINC150 calls them "oos").
+OOS_LABELS = ("oos", "out_of_scope")
+
+
 def evaluate_model(classifier: Classifier, texts: Sequence[str], labels: Sequence[str],
-                   top_confusions: int = 10) -> Evaluation:
-    predicted = [prediction.label for prediction in classifier.predict_batch(texts)]
-    evaluation = score(labels, predicted, top_confusions)
+                   top_confusions: int = 10, oos_labels: Sequence[str] = OOS_LABELS) -> Evaluation:
+    """Scores on the in-scope rows (accuracy counts an unknown answer as wrong) and out-of-scope recall.
+
+    A row is out of scope when its label is the classifier's unknown label or one of ``oos_labels``.
+    """
+    decided = [prediction.label for prediction in classifier.predict_batch(texts)]
+    threshold = getattr(classifier, "oos_threshold", None)
+    unknown = getattr(classifier, "unknown_label", "unknown")
+    top = decided if threshold is None else [prediction.label for prediction in
+                                             classifier.predict_batch(texts, apply_oos=False)]
+    out_of_scope = {unknown, *oos_labels}
+    inside = [position for position, label in enumerate(labels) if label not in out_of_scope]
+    outside = [position for position, label in enumerate(labels) if label in out_of_scope]
+    expected = [labels[position] for position in inside]
+    evaluation = score(expected, [decided[position] for position in inside], top_confusions)
     known = set(classifier.labels)
-    return replace(evaluation, unknown_labels=sorted({label for label in labels if label not in known}))
+    without = (sum(top[position] == labels[position] for position in inside) / len(inside)) if inside else None
+    recall = sum(decided[position] == unknown for position in outside) / len(outside) if outside else None
+    return replace(evaluation, unknown_labels=sorted({label for label in expected if label not in known}),
+                   accuracy_without_oos=without, oos_samples=len(outside), oos_recall=recall,
+                   oos_threshold=threshold)
 
 
 def score(expected: Sequence[str], predicted: Sequence[str], top_confusions: int = 10) -> Evaluation:

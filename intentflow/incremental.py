@@ -126,6 +126,8 @@ def _blocker(outcomes: OutcomeSet, config: dict[str, Any], production: dict[str,
                 f"{', '.join(removed) or 'none'})")
     recorded = production.get("config", {}).get("train", {})
     train = config.get("train", {})
+    if "embeddings" in (recorded.get("featurizer", "bow"), train.get("featurizer", "bow")):
+        return "incremental training continues bag-of-words models only (featurizer embeddings retrains in full)"
     for key in ("hidden_size", "hidden_layers"):
         if recorded.get(key) != train.get(key):
             return f"the network changed (train.{key} {recorded.get(key)!r} -> {train.get(key)!r})"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 import torch
@@ -13,6 +13,10 @@ from intentflow.checkpoint import load_checkpoint
 from intentflow.errors import IntentflowError
 from intentflow.features import Vocabulary
 from intentflow.model import IntentMLP
+
+if TYPE_CHECKING:
+    from intentflow.encoder import SentenceEncoder
+    from intentflow.train import TrainedModel
 
 PRECISIONS = ("float32", "bfloat16")
 # Sentences per forward pass in batch prediction; bounds memory for very large inputs.
@@ -28,7 +32,8 @@ def build_model(payload: dict[str, Any]) -> tuple[IntentMLP, Vocabulary, list[st
     """Rebuild the network from the config inside a checkpoint and load its weights."""
     config = payload["config"]
     model = IntentMLP(config["vocab_size"], config["num_labels"], config["hidden_size"],
-                      config["hidden_layers"], float(config.get("dropout", 0.0)))
+                      config["hidden_layers"], float(config.get("dropout", 0.0)),
+                      input_dim=config.get("input_dim") if config.get("featurizer", "bow") == "embeddings" else None)
     try:
         model.load_state_dict(payload["state_dict"])
     except RuntimeError as error:
@@ -39,11 +44,25 @@ def build_model(payload: dict[str, Any]) -> tuple[IntentMLP, Vocabulary, list[st
     return model, vocab, list(payload["labels"])
 
 
+def build_encoder(payload: dict[str, Any], device: str = "cpu") -> SentenceEncoder | None:
+    """The sentence encoder an embeddings checkpoint was trained with (its fine-tuned weights included)."""
+    if payload.get("config", {}).get("featurizer", "bow") != "embeddings":
+        return None
+    from intentflow.train import load_encoder
+
+    return load_encoder(payload["encoder"]["model"], device, state=payload.get("encoder_state"))
+
+
 class Classifier:
-    """A loaded intent model: ``predict(text)`` and ``predict_batch(texts)`` give label and confidence."""
+    """A loaded intent model: ``predict(text)`` and ``predict_batch(texts)`` give label and confidence.
+
+    A prediction less confident than ``oos_threshold`` (the checkpoint's, unless given) is ``unknown_label``;
+    its confidence is still the top label's.
+    """
 
     def __init__(self, model: IntentMLP, vocab: Vocabulary, labels: list[str],
-                 payload: dict[str, Any] | None = None, precision: str = "float32"):
+                 payload: dict[str, Any] | None = None, precision: str = "float32",
+                 encoder: SentenceEncoder | None = None):
         if precision not in PRECISIONS:
             raise IntentflowError(f"precision {precision!r} is not one of {', '.join(PRECISIONS)}")
         self.model = model.eval()
@@ -51,7 +70,19 @@ class Classifier:
         self.labels = labels
         self.payload = payload or {}
         self.precision = precision
+        self.encoder = encoder if encoder is not None else build_encoder(self.payload)
+        oos = self.payload.get("oos") or {}
+        self.oos_threshold: float | None = oos.get("threshold")
+        self.unknown_label: str = oos.get("label", "unknown")
         self._arrays: list[tuple[np.ndarray, np.ndarray]] | None = None
+
+    @classmethod
+    def from_trained(cls, trained: TrainedModel) -> Classifier:
+        """The classifier a training run made, as its checkpoint will load: encoder and unknown label included."""
+        classifier = cls(trained.model, trained.vocab, trained.labels, encoder=trained.encoder)
+        classifier.oos_threshold = trained.oos_threshold
+        classifier.unknown_label = trained.config.unknown_label
+        return classifier
 
     @classmethod
     def load(cls, path: str | Path, precision: str = "float32") -> Classifier:
@@ -76,18 +107,29 @@ class Classifier:
         low_precision = torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.precision == "bfloat16")
         with torch.inference_mode(), low_precision:
             for start in range(0, len(texts), PREDICT_CHUNK):
-                indices, weights = self.vocab.encode(list(texts[start:start + PREDICT_CHUNK]))
-                parts.append(torch.softmax(self.model(indices, weights).float(), dim=1))
+                chunk = list(texts[start:start + PREDICT_CHUNK])
+                inputs = [self.encoder.encode(chunk)] if self.encoder is not None else self.vocab.encode(chunk)
+                parts.append(torch.softmax(self.model(*inputs).float(), dim=1))
         if not parts:
             return torch.zeros((0, len(self.labels)))
         return torch.cat(parts)
 
-    def predict_batch(self, texts: Sequence[str]) -> list[Prediction]:
+    def predict_batch(self, texts: Sequence[str], apply_oos: bool = True) -> list[Prediction]:
+        """Label and confidence per text; ``apply_oos=False`` gives the top label even below the threshold."""
         confidence, index = self.probabilities(texts).max(dim=1)
-        return [Prediction(self.labels[i], c) for i, c in zip(index.tolist(), confidence.tolist(), strict=True)]
+        if not apply_oos:
+            return [Prediction(self.labels[i], c) for i, c in zip(index.tolist(), confidence.tolist(), strict=True)]
+        return [self.decide(i, c) for i, c in zip(index.tolist(), confidence.tolist(), strict=True)]
+
+    def decide(self, index: int, confidence: float) -> Prediction:
+        """The prediction for top label ``index`` at ``confidence``: unknown below the out-of-scope threshold."""
+        if self.oos_threshold is not None and confidence < self.oos_threshold:
+            return Prediction(self.unknown_label, confidence)
+        return Prediction(self.labels[index], confidence)
 
     def predict(self, text: str) -> Prediction:
-        if self.precision != "float32" or next(self.model.parameters()).device.type != "cpu":
+        if self.encoder is not None or self.precision != "float32" \
+                or next(self.model.parameters()).device.type != "cpu":
             return self.predict_batch([text])[0]
         # One sentence: NumPy's matrix-vector product beats a batched torch call's fixed cost by half.
         bag = self.vocab.bag(text)
@@ -98,7 +140,7 @@ class Classifier:
             hidden = np.maximum(hidden, 0.0, dtype=np.float32) @ weight + layer_bias
         hidden = np.exp(hidden - hidden.max())
         best = int(hidden.argmax())
-        return Prediction(self.labels[best], float(hidden[best] / hidden.sum()))
+        return self.decide(best, float(hidden[best] / hidden.sum()))
 
     def _numpy_arrays(self) -> list[tuple[np.ndarray, np.ndarray]]:
         if self._arrays is None:

@@ -34,27 +34,38 @@ class ByteDropout(nn.Module):
 class IntentMLP(nn.Module):
     """``hidden_layers`` x ``hidden_size`` ReLU layers with dropout, then a linear output.
 
-    The first layer is an ``EmbeddingBag`` summing weighted rows: the same function as a linear
-    layer over a dense bag-of-words vector, at the cost of a sentence's words, not the vocabulary.
+    For bag-of-words input the first layer is an ``EmbeddingBag`` summing weighted rows: the same function as
+    a linear layer over a dense bag-of-words vector, at the cost of a sentence's words, not the vocabulary.
+    With ``input_dim`` set it reads dense vectors (sentence embeddings) through a plain linear layer instead.
     """
 
     def __init__(self, vocab_size: int, num_labels: int, hidden_size: int, hidden_layers: int,
-                 dropout: float):
+                 dropout: float, input_dim: int | None = None):
         super().__init__()
-        self.input = nn.EmbeddingBag(vocab_size, hidden_size, mode="sum", padding_idx=0)
+        self.dense_input = input_dim is not None
+        fan_in = input_dim if input_dim is not None else vocab_size
+        if input_dim is not None:
+            self.input = nn.Linear(input_dim, hidden_size, bias=False)
+        else:
+            self.input = nn.EmbeddingBag(vocab_size, hidden_size, mode="sum", padding_idx=0)
         self.input_bias = nn.Parameter(torch.zeros(hidden_size))
-        bound = 1.0 / math.sqrt(vocab_size)
+        bound = 1.0 / math.sqrt(fan_in)
         # Linear-layer initialisation keeps the first layer's scale what a dense input layer would have.
         nn.init.uniform_(self.input.weight, -bound, bound)
         nn.init.uniform_(self.input_bias, -bound, bound)
-        with torch.no_grad():
-            self.input.weight[0].zero_()
+        if input_dim is None:
+            with torch.no_grad():
+                self.input.weight[0].zero_()
         self.hidden = nn.ModuleList(nn.Linear(hidden_size, hidden_size) for _ in range(hidden_layers - 1))
         self.dropout = ByteDropout(dropout)
         self.output = nn.Linear(hidden_size, num_labels)
 
-    def forward(self, indices: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-        hidden = self.input(indices, per_sample_weights=weights) + self.input_bias
+    def forward(self, indices: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+        """``(indices, weights)`` of bags, or ``(vectors,)`` for a dense-input network."""
+        if self.dense_input:
+            hidden = self.input(indices) + self.input_bias
+        else:
+            hidden = self.input(indices, per_sample_weights=weights) + self.input_bias
         hidden = self.dropout(torch.relu(hidden))
         for layer in self.hidden:
             hidden = self.dropout(torch.relu(layer(hidden)))
@@ -62,10 +73,11 @@ class IntentMLP(nn.Module):
 
 
 def parameter_shapes(vocab_size: int, num_labels: int, hidden_size: int,
-                     hidden_layers: int) -> dict[str, tuple[int, ...]]:
+                     hidden_layers: int, input_dim: int | None = None) -> dict[str, tuple[int, ...]]:
     """Name and shape of every weight ``IntentMLP`` holds, so a checkpoint is checked before a network is built
     (a hostile file cannot make one allocate more than the weights it really holds)."""
-    shapes: dict[str, tuple[int, ...]] = {"input.weight": (vocab_size, hidden_size), "input_bias": (hidden_size,)}
+    first = (hidden_size, input_dim) if input_dim is not None else (vocab_size, hidden_size)
+    shapes: dict[str, tuple[int, ...]] = {"input.weight": first, "input_bias": (hidden_size,)}
     for index in range(hidden_layers - 1):
         shapes[f"hidden.{index}.weight"] = (hidden_size, hidden_size)
         shapes[f"hidden.{index}.bias"] = (hidden_size,)

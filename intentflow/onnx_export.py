@@ -63,6 +63,10 @@ class _ExportGraph(nn.Module):
 def export_payload(payload: dict[str, Any]) -> tuple[bytes, dict[str, Any]]:
     """The ONNX model of a loaded checkpoint as bytes, and the metadata its ``.json`` holds."""
     require_exporter()
+    if payload["config"].get("featurizer", "bow") != "bow":
+        raise IntentflowError("ONNX export covers bag-of-words models; this one reads sentence embeddings, whose "
+                              "encoder is not exported (fix: serve it with intentflow.inference.Classifier, or train "
+                              "with featurizer = \"bow\" to export)")
     model, vocab, labels = build_model(payload)
     graph = _ExportGraph(model).eval()
     _check_same_function(model, graph, vocab, payload)
@@ -97,6 +101,8 @@ def export_payload(payload: dict[str, Any]) -> tuple[bytes, dict[str, Any]]:
                        "weights": "1/sqrt(n) on each of a sentence's n distinct known features",
                        "features": "words, then runs of up to word_ngrams words joined by a space"},
         "vocab": vocab.features,
+        # Answers less confident than threshold are label (threshold null: never); OnnxClassifier applies it.
+        "oos": payload.get("oos") or {"threshold": None, "label": "unknown"},
         "outcome_hash": payload.get("outcome_hash"),
         "checkpoint_created_at": payload.get("created_at"),
         "intentflow_version": __version__,
@@ -182,7 +188,10 @@ class OnnxClassifier:
         probabilities = self.probabilities(texts)
         best = probabilities.argmax(axis=1)
         confidence = probabilities[np.arange(len(best)), best]
-        return [Prediction(self.labels[i], c) for i, c in zip(best.tolist(), confidence.tolist(), strict=True)]
+        oos = self.metadata.get("oos") or {}
+        threshold, unknown = oos.get("threshold"), oos.get("label", "unknown")
+        return [Prediction(unknown if threshold is not None and c < threshold else self.labels[i], c)
+                for i, c in zip(best.tolist(), confidence.tolist(), strict=True)]
 
     def predict(self, text: str) -> Prediction:
         return self.predict_batch([text])[0]
@@ -239,6 +248,12 @@ def _read_metadata(path: Path) -> dict[str, Any]:
         # Featurizing with a tokenizer the model was not trained with would give quietly wrong answers.
         raise IntentflowError(f"{shown} was exported by an intentflow that splits words differently "
                               "(fix: export it again from its checkpoint with this version)")
+    oos = metadata.get("oos", {"threshold": None, "label": "unknown"})
+    threshold = oos.get("threshold") if isinstance(oos, dict) else "missing"
+    if not isinstance(oos, dict) or not isinstance(oos.get("label"), str) or not (
+            threshold is None or (isinstance(threshold, int | float) and not isinstance(threshold, bool))):
+        raise IntentflowError(f"{shown} has an invalid 'oos' entry: it needs a threshold (a number or null) and a "
+                              "label (fix: export it again with `intentflow export-onnx`)")
     return metadata
 
 

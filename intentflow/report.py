@@ -11,6 +11,7 @@ def evaluation_text(evaluation: Evaluation, source: str) -> str:
     lines = [
         f"data: {source}",
         f"accuracy: {evaluation.accuracy:.4f}  macro-F1: {evaluation.macro_f1:.4f}  samples: {evaluation.samples}",
+        *_oos_lines(evaluation),
         "",
         f"{'outcome':<28} {'precision':>9} {'recall':>7} {'f1':>7} {'support':>8}",
     ]
@@ -25,10 +26,22 @@ def evaluation_text(evaluation: Evaluation, source: str) -> str:
     return "\n".join(lines)
 
 
+def _oos_lines(evaluation: Evaluation) -> list[str]:
+    if evaluation.oos_threshold is None:
+        return ["out-of-scope: off (every sentence gets an outcome)"]
+    lines = [f"out-of-scope threshold: {evaluation.oos_threshold:.4f}  accuracy without it: "
+             f"{_pct(evaluation.accuracy_without_oos)}"]
+    if evaluation.oos_recall is not None:
+        lines.append(f"out-of-scope recall: {evaluation.oos_recall:.4f} of {evaluation.oos_samples} sentences")
+    return lines
+
+
 def evaluation_markdown(evaluation: Evaluation) -> str:
     lines = [
         f"**Accuracy** {evaluation.accuracy:.2%} · **macro-F1** {evaluation.macro_f1:.4f} · "
         f"**samples** {evaluation.samples}",
+        "",
+        *(f"{line}  " for line in _oos_lines(evaluation)),
         "",
         "| outcome | precision | recall | F1 | support |",
         "| --- | ---: | ---: | ---: | ---: |",

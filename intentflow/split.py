@@ -6,7 +6,7 @@ import hashlib
 import logging
 import random
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from intentflow.augment import Row
 
@@ -21,6 +21,25 @@ class Split:
     # of training sentences, so their validation accuracy is optimistic.
     leaky_labels: tuple[str, ...] = ()
     per_label: dict[str, dict[str, int]] = field(default_factory=dict)
+
+    def for_featurizer(self, featurizer: str) -> Split:
+        """The rows a model with this featurizer trains and validates on (see ``rows_for_featurizer``)."""
+        if featurizer == "bow":
+            return self
+        return replace(self, train=rows_for_featurizer(self.train, featurizer),
+                       val=rows_for_featurizer(self.val, featurizer))
+
+
+def rows_for_featurizer(rows: tuple[Row, ...] | list[Row], featurizer: str) -> tuple[Row, ...]:
+    """All rows for bag-of-words; the originals alone for sentence embeddings.
+
+    Paraphrases teach a bag-of-words model each word in many contexts. A sentence encoder already places a
+    paraphrase near its original, so for it they would only add the augmenter's noise (swapped and inserted
+    words) and minutes of encoding hundreds of sentences per outcome.
+    """
+    if featurizer == "bow":
+        return tuple(rows)
+    return tuple(row for row in rows if not row.synthetic)
 
 
 def split_rows(rows: tuple[Row, ...] | list[Row], train_fraction: float, min_val_per_label: int,

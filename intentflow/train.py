@@ -7,9 +7,12 @@ Both run the same loop, ``_fit``.
 from __future__ import annotations
 
 import logging
+import math
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -20,9 +23,18 @@ from intentflow.errors import IntentflowError
 from intentflow.features import Vocabulary, build_vocabulary
 from intentflow.model import IntentMLP
 
+if TYPE_CHECKING:
+    from intentflow.encoder import SentenceEncoder
+
 logger = logging.getLogger(__name__)
 
 WORD_NGRAMS = 1
+# oos_threshold = "auto": the confidence below which this share of the correctly predicted validation sentences
+# falls. Rejecting 2% of what the model gets right bounds the in-scope accuracy it costs at about 2 points, whatever
+# the model's confidence scale; chosen on CLINC150's val.jsonl (see benchmarks/RESULTS.md).
+OOS_REJECT_SHARE = 0.02
+# Where sentence vectors of a frozen encoder are kept between runs (INTENTFLOW_CACHE_DIR overrides).
+CACHE_VARIABLE = "INTENTFLOW_CACHE_DIR"
 
 
 @dataclass(frozen=True)
@@ -50,6 +62,16 @@ class TrainedModel:
     history: list[EpochStats] = field(default_factory=list)
     best_epoch: int = 0
     stopped_early: bool = False
+    # Sentence encoder of an embeddings model (its vocabulary is then empty); None for bag-of-words.
+    encoder: SentenceEncoder | None = None
+    # Confidence below which predictions are the unknown label; None: never.
+    oos_threshold: float | None = None
+
+    def inputs(self, texts: Sequence[str]) -> list[torch.Tensor]:
+        """The network's input tensors for ``texts``: index bags and weights, or sentence vectors."""
+        if self.encoder is not None:
+            return [self.encoder.encode(list(texts))]
+        return list(self.vocab.encode(list(texts)))
 
     @property
     def metrics(self) -> dict[str, float | int | bool | None]:
@@ -63,6 +85,7 @@ class TrainedModel:
             "val_loss": best.val_loss if best else None,
             "val_accuracy": best.val_accuracy if best else None,
             "device": self.device,
+            "oos_threshold": self.oos_threshold,
         }
 
 
@@ -88,11 +111,24 @@ def train_model(
         raise IntentflowError("the training set is empty (fix: prepare data from at least one outcome)")
     labels = sorted(set(train_labels))
     _check_val_labels(val_labels, labels)
+    if config.oos_threshold != "off" and config.unknown_label in labels:
+        raise IntentflowError(f"an outcome is named {config.unknown_label!r}, the label of out-of-scope predictions "
+                              "(fix: rename the outcome, or set [train] unknown_label to another name)")
     device = resolve_device(config.device)
     torch.manual_seed(config.seed)
-    vocab = build_vocabulary(train_texts, word_ngrams=WORD_NGRAMS)
-    model = IntentMLP(len(vocab), len(labels), config.hidden_size, config.hidden_layers, config.dropout)
-    result = TrainedModel(model=model, vocab=vocab, labels=labels, config=config, device=str(device))
+    if config.featurizer == "embeddings":
+        encoder = load_encoder(config.embedding_model, str(device))
+        if config.finetune_epochs:
+            encoder.finetune(train_texts, train_labels, config.finetune_epochs, config.finetune_lr, config.seed)
+        torch.manual_seed(config.seed)
+        vocab = Vocabulary([], word_ngrams=WORD_NGRAMS)
+        model = IntentMLP(len(vocab), len(labels), config.hidden_size, config.hidden_layers, config.dropout,
+                          input_dim=encoder.dimension)
+    else:
+        encoder = None
+        vocab = build_vocabulary(train_texts, word_ngrams=WORD_NGRAMS)
+        model = IntentMLP(len(vocab), len(labels), config.hidden_size, config.hidden_layers, config.dropout)
+    result = TrainedModel(model=model, vocab=vocab, labels=labels, config=config, device=str(device), encoder=encoder)
     return _fit(result, train_texts, train_labels, val_texts, val_labels, epochs=config.epochs, lr=config.lr,
                 on_epoch=on_epoch)
 
@@ -113,6 +149,9 @@ def continue_training(
     The labels must be production's; the architecture is production's and must match ``config``.
     """
     rows = [*new_train, *replay_train]
+    if production["config"].get("featurizer", "bow") != "bow" or config.featurizer != "bow":
+        raise IntentflowError("incremental training continues bag-of-words models only (fix: run a full retrain, "
+                              "mode full)")
     if not new_train:
         raise IntentflowError("incremental training got no new rows (fix: run a full retrain, mode full)")
     labels = list(production["labels"])
@@ -151,6 +190,27 @@ def continue_training(
                 keep_best=False)
 
 
+def load_encoder(name: str, device: str, state: dict[str, torch.Tensor] | None = None) -> SentenceEncoder:
+    """The sentence encoder ``name`` (empty: the bundled all-MiniLM-L6-v2), caching vectors of a frozen one."""
+    from intentflow.encoder import SentenceEncoder
+
+    cache = os.environ.get(CACHE_VARIABLE) or Path.home() / ".cache" / "intentflow" / "embeddings"
+    return SentenceEncoder(name, device=device, cache_dir=None if state is not None else cache, state=state)
+
+
+def calibrate_oos(probabilities: torch.Tensor, targets: torch.Tensor, share: float = OOS_REJECT_SHARE) -> float | None:
+    """The confidence below which ``share`` of the correctly predicted rows fall; None when none is correct.
+
+    Rounded down to 4 decimals: the threshold is one validation sentence's confidence, and that sentence must not
+    flip to unknown on a runtime (ONNX, bfloat16) whose arithmetic differs in the sixth decimal.
+    """
+    confidence, predicted = probabilities.max(dim=1)
+    correct = confidence[predicted == targets]
+    if correct.numel() == 0:
+        return None
+    return math.floor(float(torch.quantile(correct.double(), share)) * 10_000) / 10_000
+
+
 def _check_val_labels(val_labels: Sequence[str], labels: list[str]) -> None:
     unknown = sorted(set(val_labels) - set(labels))
     if unknown:
@@ -165,16 +225,16 @@ def _fit(result: TrainedModel, train_texts: Sequence[str], train_labels: Sequenc
 
     With ``keep_best`` off, every epoch runs and the last one is kept.
     """
-    model, vocab, config = result.model, result.vocab, result.config
+    model, config = result.model, result.config
     device = torch.device(result.device)
     label_index = {label: index for index, label in enumerate(result.labels)}
 
     # The whole data set lives on the device; batches are drawn by index, with no per-row Python.
-    train_x = [tensor.to(device) for tensor in vocab.encode(list(train_texts))]
+    train_x = [tensor.to(device) for tensor in result.inputs(train_texts)]
     train_y = torch.tensor([label_index[label] for label in train_labels], device=device)
     has_val = len(val_texts) > 0
     if has_val:
-        val_x = [tensor.to(device) for tensor in vocab.encode(list(val_texts))]
+        val_x = [tensor.to(device) for tensor in result.inputs(val_texts)]
         val_y = torch.tensor([label_index[label] for label in val_labels], device=device)
     else:
         logger.warning("no validation rows: early stopping is off; the epoch with the lowest training loss is kept")
@@ -195,8 +255,8 @@ def _fit(result: TrainedModel, train_texts: Sequence[str], train_labels: Sequenc
         order = torch.randperm(rows, generator=generator, device=device)
         for start in range(0, rows, config.batch_size):
             batch = order[start:start + config.batch_size]
-            logits = model(train_x[0][batch], train_x[1][batch])
-            loss = F.cross_entropy(logits, train_y[batch])
+            logits = model(*(tensor[batch] for tensor in train_x))
+            loss = F.cross_entropy(logits, train_y[batch], label_smoothing=config.label_smoothing)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -208,7 +268,8 @@ def _fit(result: TrainedModel, train_texts: Sequence[str], train_labels: Sequenc
             model.eval()
             with torch.no_grad():
                 val_logits = model(*val_x)
-                summary += [F.cross_entropy(val_logits, val_y), (val_logits.argmax(dim=1) == val_y).float().mean()]
+                summary += [F.cross_entropy(val_logits, val_y, label_smoothing=config.label_smoothing),
+                            (val_logits.argmax(dim=1) == val_y).float().mean()]
         values = torch.stack([value.float() for value in summary]).tolist()
         stats = EpochStats(epoch, values[0], values[1], values[2] if has_val else None,
                            values[3] if has_val else None)
@@ -236,4 +297,21 @@ def _fit(result: TrainedModel, train_texts: Sequence[str], train_labels: Sequenc
     if best_state is not None:
         model.load_state_dict(best_state)
     model.eval()
+    result.oos_threshold = _oos_threshold(result, val_x if has_val else None, val_y if has_val else None)
     return result
+
+
+def _oos_threshold(result: TrainedModel, val_x: list[torch.Tensor] | None, val_y: torch.Tensor | None) -> float | None:
+    setting = result.config.oos_threshold
+    if setting == "off":
+        return None
+    if setting != "auto":
+        return float(setting)
+    if val_x is None or val_y is None:
+        logger.warning("oos_threshold auto needs validation rows; none, so predictions are never unknown")
+        return None
+    with torch.no_grad():
+        probabilities = torch.softmax(result.model(*val_x).float(), dim=1)
+    threshold = calibrate_oos(probabilities.cpu(), val_y.cpu())
+    logger.info("out-of-scope threshold %s, calibrated on %d validation rows", threshold, len(val_y))
+    return threshold

@@ -56,7 +56,9 @@ def write_outcome_folder(folder: Path, files: dict[str, Any]) -> Path:
 def tiny_train_config(**changes: Any) -> TrainConfig:
     """A network small enough to train in well under a second on a CPU."""
     values: dict[str, Any] = {"epochs": 60, "hidden_size": 32, "hidden_layers": 1, "dropout": 0.0, "lr": 0.01,
-                              "batch_size": 16, "patience": 0, "seed": 3, "device": "cpu"}
+                              "batch_size": 16, "patience": 0, "seed": 3, "device": "cpu",
+                              # Tests of out-of-scope detection turn it on; elsewhere a label is always a label.
+                              "oos_threshold": "off", "label_smoothing": 0.0}
     return TrainConfig(**{**values, **changes})
 
 

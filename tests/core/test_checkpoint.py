@@ -37,7 +37,7 @@ def checkpoint(toy_model, tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def in_memory(toy_model) -> Classifier:
     trained = toy_model.trained
-    return Classifier(trained.model, trained.vocab, trained.labels)
+    return Classifier.from_trained(trained)
 
 
 def test_checkpoint_loads_with_weights_only(checkpoint, toy_model):

@@ -243,7 +243,7 @@ def test_training_continues_from_production_weights_with_the_vocabulary_extended
     # Sentences of known words only: a new word, even at zero, would change a sentence's length normalisation.
     texts = [row.text for row in toy_model.data.train]
     before = Classifier(*build_model(production)).probabilities(texts)
-    after = Classifier(trained.model, trained.vocab, trained.labels).probabilities(texts)
+    after = Classifier.from_trained(trained).probabilities(texts)
     assert torch.allclose(before, after, atol=1e-4)
     assert trained.labels == production["labels"]
 
@@ -257,7 +257,7 @@ def test_continued_training_learns_new_utterances_and_keeps_the_old(toy_model):
 
     trained = _continue(toy_model, production, IncrementalConfig(epochs=30, lr=0.01))
 
-    after = Classifier(trained.model, trained.vocab, trained.labels)
+    after = Classifier.from_trained(trained)
     assert [p.label for p in after.predict_batch(list(NEW))] == list(NEW.values())
     right_after = [p.label == label for p, label in zip(after.predict_batch(old_texts), old_labels, strict=True)]
     assert sum(right_after) >= sum(right_before)

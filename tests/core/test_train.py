@@ -32,7 +32,7 @@ def test_overfits_the_toy_set(toy_rows):
     trained = train_model(texts, labels, [], [], tiny_train_config(epochs=60, patience=0))
 
     assert max(stats.train_accuracy for stats in trained.history) == 1.0
-    classifier = Classifier(trained.model, trained.vocab, trained.labels)
+    classifier = Classifier.from_trained(trained)
     assert [p.label for p in classifier.predict_batch(texts)] == labels
     originals = [(text, name) for name, data in TOY.items() for text in data["examples"]]
     assert [classifier.predict(text).label for text, _ in originals] == [name for _, name in originals]
@@ -69,7 +69,8 @@ def val_loss_of(trained, texts: list[str], labels: list[str]) -> float:
     trained.model.eval()
     with torch.no_grad():
         logits = trained.model(*trained.vocab.encode(texts))
-        return F.cross_entropy(logits, torch.tensor([index[label] for label in labels])).item()
+        return F.cross_entropy(logits, torch.tensor([index[label] for label in labels]),
+                               label_smoothing=trained.config.label_smoothing).item()
 
 
 def test_early_stopping_restores_the_best_epoch(toy_rows):
@@ -96,7 +97,7 @@ def test_early_stopping_restores_the_best_epoch(toy_rows):
     assert trained.metrics == {
         "best_epoch": trained.best_epoch, "epochs_run": len(trained.history), "stopped_early": True,
         "train_loss": best.train_loss, "train_accuracy": best.train_accuracy, "val_loss": best.val_loss,
-        "val_accuracy": best.val_accuracy, "device": "cpu",
+        "val_accuracy": best.val_accuracy, "device": "cpu", "oos_threshold": None,
     }
 
 

