@@ -52,7 +52,7 @@ class RetrainParameters(BaseModel):
     lr: float | None = Field(None, gt=0, le=1, description=f"AdamW learning rate (playbook 0.003); {FROM_FILE}")
     batch_size: int | None = Field(None, ge=1, le=1_000_000, description=f"Rows per step (playbook 64); {FROM_FILE}")
     hidden_size: int | None = Field(None, ge=1, le=16_384, description=f"Hidden width (playbook 512); {FROM_FILE}")
-    hidden_layers: int | None = Field(None, ge=1, le=32, description=f"Hidden layers (playbook 4); {FROM_FILE}")
+    hidden_layers: int | None = Field(None, ge=1, le=32, description=f"Hidden layers (1; playbook 4); {FROM_FILE}")
     dropout: float | None = Field(None, ge=0, lt=1, description=f"Dropout (playbook 0.45); {FROM_FILE}")
     weight_decay: float | None = Field(None, ge=0, le=1, description=f"Weight decay (playbook 1e-4); {FROM_FILE}")
     patience: int | None = Field(None, ge=0, description=f"Early-stopping patience, 0 = off (20); {FROM_FILE}")

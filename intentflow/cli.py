@@ -26,7 +26,7 @@ TRAIN_FLAGS = {
     "lr": (float, "AdamW learning rate (playbook: 0.003)"),
     "batch_size": (int, "rows per step (playbook: 64)"),
     "hidden_size": (int, "hidden layer width (playbook: 512)"),
-    "hidden_layers": (int, "number of hidden layers (playbook: 4)"),
+    "hidden_layers": (int, "number of hidden layers; the playbook's is 4 (default 1)"),
     "dropout": (float, "dropout rate (playbook: 0.45)"),
     "weight_decay": (float, "AdamW weight decay (playbook: 1e-4)"),
     "patience": (int, "early-stopping patience in epochs, 0 disables (default 20)"),

@@ -30,7 +30,7 @@ class TrainConfig(_Strict):
     lr: float = Field(0.003, gt=0.0, le=1.0, description="AdamW learning rate")
     batch_size: int = Field(64, ge=1, le=1_000_000, description="Rows per optimiser step")
     hidden_size: int = Field(512, ge=1, le=16_384, description="Width of each hidden layer")
-    hidden_layers: int = Field(4, ge=1, le=32, description="Number of hidden layers")
+    hidden_layers: int = Field(1, ge=1, le=32, description="Number of hidden layers")
     dropout: float = Field(0.45, ge=0.0, lt=1.0, description="Dropout after each hidden layer")
     weight_decay: float = Field(1e-4, ge=0.0, le=1.0, description="AdamW weight decay")
     patience: int = Field(20, ge=0, description="Early-stopping patience in epochs; 0 disables")

@@ -88,7 +88,8 @@ class SentenceEncoder:
                 raise IntentflowError(f"the fine-tuned encoder weights do not fit {self.name}: {first} "
                                       "(fix: retrain, or `intentflow rollback`)") from None
         self.model.eval()
-        self.dimension = int(self.model.get_sentence_embedding_dimension())
+        dimension = getattr(self.model, "get_embedding_dimension", None) or self.model.get_sentence_embedding_dimension
+        self.dimension = int(dimension())
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
         self._vectors: dict[str, np.ndarray] = {}
         self._disk_loaded = False
@@ -209,7 +210,8 @@ class SentenceEncoder:
 
     def _embed(self, texts: list[str]) -> torch.Tensor:
         features = self.model.preprocess(texts) if hasattr(self.model, "preprocess") else self.model.tokenize(texts)
-        features = {key: value.to(self.device) for key, value in features.items()}
+        features = {key: value.to(self.device) if isinstance(value, torch.Tensor) else value
+                    for key, value in features.items()}
         return self.model(features)["sentence_embedding"]
 
     def state(self) -> dict[str, torch.Tensor]:

