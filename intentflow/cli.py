@@ -37,8 +37,8 @@ TRAIN_FLAGS = {
                              "(default empty)"),
     "finetune_epochs": (int, "contrastive fine-tuning epochs of the encoder, 0 keeps it frozen (default 2)"),
     "oos_threshold": (lambda text: text if text in ("auto", "off") else float(text),
-                      "confidence below which the answer is the unknown label: auto = calibrated on validation, "
-                      "off, or a number from 0 to 1 (default auto)"),
+                      "confidence below which the answer is the unknown label: auto = calibrated on validation "
+                      "for embeddings, off for bow; off; or a number from 0 to 1 (default auto)"),
     "unknown_label": (str, "label of out-of-scope answers (default unknown)"),
 }
 

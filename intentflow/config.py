@@ -45,7 +45,7 @@ class TrainConfig(_Strict):
     finetune_lr: float = Field(2e-5, gt=0.0, le=1.0, description="Learning rate of encoder fine-tuning")
     oos_threshold: Literal["auto", "off"] | float = Field(
         "auto", description="Confidence below which a prediction is the unknown label; auto calibrates it on "
-        "validation, off never answers unknown")
+        "validation for embeddings (off for bag-of-words), off never answers unknown")
     unknown_label: str = Field("unknown", min_length=1, max_length=200, description="Label of out-of-scope "
                                "predictions")
 

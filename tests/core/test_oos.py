@@ -43,11 +43,14 @@ def test_calibration_rejects_the_asked_share_of_correct_rows():
     assert calibrate_oos(probabilities[200:], targets[200:]) is None  # nothing correct: no threshold
 
 
-def test_auto_threshold_answers_unknown_for_off_topic_sentences_and_survives_reload(toy_rows, tmp_path):
+def test_auto_threshold_answers_unknown_for_off_topic_sentences_and_survives_reload(toy_rows, tmp_path,
+                                                                                   monkeypatch):
+    monkeypatch.setenv("INTENTFLOW_CACHE_DIR", str(tmp_path / "cache"))
     train_texts, train_labels = texts_labels(toy_rows.train)
     val_texts, val_labels = texts_labels(toy_rows.val)
     trained = train_model(train_texts, train_labels, val_texts, val_labels,
-                          tiny_train_config(oos_threshold="auto", label_smoothing=0.1))
+                          tiny_train_config(oos_threshold="auto", label_smoothing=0.1, featurizer="embeddings",
+                                            finetune_epochs=0, hidden_size=64, epochs=40))
     classifier = Classifier.from_trained(trained)
 
     assert trained.oos_threshold is not None and 0.0 < trained.oos_threshold < 1.0
@@ -68,6 +71,15 @@ def test_auto_threshold_answers_unknown_for_off_topic_sentences_and_survives_rel
     single = [loaded.predict(text) for text in OFF_TOPIC]
     assert [a.label for a in single] == [a.label for a in off_topic]
     assert [a.confidence for a in single] == pytest.approx([a.confidence for a in off_topic], abs=1e-5)
+
+
+def test_auto_leaves_a_bag_of_words_model_without_a_threshold(toy_rows):
+    train_texts, train_labels = texts_labels(toy_rows.train)
+    val_texts, val_labels = texts_labels(toy_rows.val)
+    trained = train_model(train_texts, train_labels, val_texts, val_labels, tiny_train_config(oos_threshold="auto"))
+
+    assert trained.oos_threshold is None
+    assert "unknown" not in {a.label for a in Classifier.from_trained(trained).predict_batch(OFF_TOPIC)}
 
 
 def test_fixed_threshold_and_label_name_are_used(toy_rows):

@@ -46,7 +46,7 @@ OUTCOMES: dict[str, dict[str, Any]] = {
 # named, so the runs do not depend on the folder pytest starts in.
 TINY: dict[str, Any] = {"config": str(REPO / "config" / "training.toml"), "augment_factor": 20, "epochs": 30,
                         "hidden_size": 32, "hidden_layers": 1, "patience": 5, "threshold": 0.5, "seed": 1,
-                        "device": "cpu"}
+                        "device": "cpu", "oos_threshold": "off"}
 
 
 def write_outcomes(folder: Path, definitions: dict[str, dict[str, Any]] | None = None) -> Path:
@@ -171,3 +171,18 @@ def start_server(processes: Processes, tmp_path: Path, **env: str) -> str:
                     prefect_env(tmp_path / "server-home", PREFECT_UI_ENABLED="false", **env), tmp_path)
     wait_for(lambda: healthy(api), 120, "the Prefect server's /api/health", processes)
     return api
+
+
+def read_artifacts(flow_run_id: Any, key: str) -> list[Any]:
+    """The artifacts under ``key`` that one flow run created, read back through the Prefect API."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, ArtifactFilterKey
+
+    with get_client(sync_client=True) as client:
+        return client.read_artifacts(artifact_filter=ArtifactFilter(
+            key=ArtifactFilterKey(any_=[key]), flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id])))
+
+
+def table_rows(artifact: Any) -> list[dict[str, Any]]:
+    data = artifact.data
+    return json.loads(data) if isinstance(data, str) else data

@@ -32,7 +32,22 @@ def retrain_spec(data: dict[str, Any]) -> dict[str, Any]:
 def test_the_real_file_passes() -> None:
     assert PREFECT_YAML == REPO / "prefect.yaml"
     data = load_prefect_yaml()
-    assert [item["name"] for item in data["deployments"]] == [RETRAIN_DEPLOYMENT]
+    assert [item["name"] for item in data["deployments"]] == [RETRAIN_DEPLOYMENT, "fewshot-nightly"]
+
+
+def test_the_nightly_benchmark_deployment_loads_its_flow_with_its_parameters(monkeypatch: pytest.MonkeyPatch) -> None:
+    from prefect.flows import load_flow_from_entrypoint
+
+    from flows.benchmark import fewshot_benchmark
+
+    monkeypatch.chdir(REPO)
+    spec = deployment_spec("fewshot-nightly")
+    loaded = load_flow_from_entrypoint(spec["entrypoint"])
+    assert loaded.name == fewshot_benchmark.name == "fewshot-benchmark"
+    assert set(spec["parameters"]) <= set(loaded.parameters.properties)
+    assert [item["cron"] for item in spec["schedules"]] == ["0 2 * * *"]
+    assert spec["concurrency_limit"] == 1
+    assert serve_arguments("fewshot-nightly")["schedules"][0].cron == "0 2 * * *"
 
 
 def test_entrypoint_loads_the_retrain_flow(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 import torch
+from flow_helpers import read_artifacts, table_rows
 
 from flows.retrain import (
     CHECKPOINT_ARTIFACT_KEY,
@@ -31,21 +32,6 @@ VERSION_FILES = ("{name}.pt", "{name}.pt.metrics.json", "version.json", "report.
 
 def digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def read_artifacts(flow_run_id: Any, key: str) -> list[Any]:
-    """The artifacts under ``key`` that one flow run created, read back through the Prefect API."""
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, ArtifactFilterKey
-
-    with get_client(sync_client=True) as client:
-        return client.read_artifacts(artifact_filter=ArtifactFilter(
-            key=ArtifactFilterKey(any_=[key]), flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id])))
-
-
-def table_rows(artifact: Any) -> list[dict[str, Any]]:
-    data = artifact.data
-    return json.loads(data) if isinstance(data, str) else data
 
 
 def test_first_run_promotes_and_writes_a_complete_version(make_params: Callable[..., RetrainParameters]) -> None:
@@ -351,3 +337,20 @@ def test_retrain_command_reports_each_outcome(tmp_path: Path, outcomes_folder: P
     assert "gate rejected" in capsys.readouterr().err
     assert [Registry(registry).status(version) for version in Registry(registry).versions()] == [
         "production", "rejected"]
+
+
+def test_published_model_answers_unknown_below_its_threshold(make_params: Callable[..., RetrainParameters],
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    params = make_params(oos_threshold=0.9, unknown_label="no_match")
+    assert retrain(params, return_state=True).is_completed()
+    [version] = Registry(params.registry).versions()
+    payload = torch.load(version.checkpoint, weights_only=True)
+    threshold = payload["oos"]["threshold"]
+
+    assert payload["oos"] == {"threshold": 0.9, "label": "no_match", "setting": 0.9}
+    assert f"out-of-scope threshold: {threshold:.4f}" in (version.path / "report.md").read_text(encoding="utf-8")
+    assert main(["predict", "--checkpoint", params.registry, "--json", "zzz qqq", "will it rain tomorrow"]) == 0
+    answers = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [answer["label"] == "no_match" for answer in answers] == [answer["confidence"] < threshold
+                                                                     for answer in answers]
+    assert answers[0]["label"] == "no_match"
