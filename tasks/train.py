@@ -23,7 +23,7 @@ def train_model(data: Split, config: TrainConfig) -> TrainedModel:
     trained = train.train_model(
         [row.text for row in data.train], [row.label for row in data.train],
         [row.text for row in data.val], [row.label for row in data.val],
-        config, on_epoch=on_epoch,
+        config, on_epoch=on_epoch, val_is_original=[not row.synthetic for row in data.val],
     )
     update_progress_artifact(progress_id, progress=100.0)
     return trained
