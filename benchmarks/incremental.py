@@ -101,7 +101,7 @@ def prepare(folder: Path, settings: Settings) -> tuple[OutcomeSet, Split]:
     outcomes = load_outcomes(folder)
     augmented = augment_outcomes(outcomes, settings.prepare.augment_factor, settings.prepare.seed)
     split = split_rows(augmented.rows, settings.prepare.train_fraction, settings.prepare.min_val_per_label,
-                       settings.prepare.seed)
+                       settings.prepare.seed, outcomes.teach_hints)
     return outcomes, split
 
 

@@ -149,7 +149,7 @@ def _retrain(params: RetrainParameters, logger: Any) -> State:
     for label, made in augmented.shortfalls.items():
         logger.warning("%s: %d unique synthetic sentences of %d asked", label, made, augmented.requested)
     split = split_rows(augmented, settings.prepare.train_fraction, settings.prepare.min_val_per_label,
-                       settings.prepare.seed)
+                       settings.prepare.seed, frozenset(outcome_set.teach_hints))
     for label in split.leaky_labels:
         logger.warning("%s has a single original: its validation rows paraphrase training rows", label)
     split = split.for_featurizer(settings.train.featurizer)

@@ -63,6 +63,11 @@ class OutcomeSet:
     warnings: tuple[str, ...] = ()
 
     @property
+    def teach_hints(self) -> set[str]:
+        """Every outcome's taught utterances, as written."""
+        return {hint for outcome in self.outcomes for hint in outcome.teach_hints}
+
+    @property
     def labels(self) -> list[str]:
         return [outcome.name for outcome in self.outcomes]
 

@@ -6,6 +6,7 @@ import hashlib
 import logging
 import random
 from collections import defaultdict
+from collections.abc import Collection
 from dataclasses import dataclass, field, replace
 
 from intentflow.augment import Row
@@ -43,8 +44,13 @@ def rows_for_featurizer(rows: tuple[Row, ...] | list[Row], featurizer: str) -> t
 
 
 def split_rows(rows: tuple[Row, ...] | list[Row], train_fraction: float, min_val_per_label: int,
-               seed: int) -> Split:
-    """Assign whole groups (an original and its paraphrases) to train or validation, per label."""
+               seed: int, keep_in_training: Collection[str] = ()) -> Split:
+    """Assign whole groups (an original and its paraphrases) to train or validation, per label.
+
+    Originals in ``keep_in_training`` (the outcomes' teach hints) always train: a correction a user taught is a
+    sentence the next model must get right, so it is never held out to validate on.
+    """
+    pinned = set(keep_in_training)
     by_label: dict[str, dict[str, list[Row]]] = defaultdict(lambda: defaultdict(list))
     for row in rows:
         by_label[row.label][row.original].append(row)
@@ -58,7 +64,7 @@ def split_rows(rows: tuple[Row, ...] | list[Row], train_fraction: float, min_val
         total = sum(len(group) for group in groups.values())
         target = max(min_val_per_label, round((1.0 - train_fraction) * total))
         if len(groups) >= 2:
-            label_train, label_val = _split_groups(groups, target, min_val_per_label, seed)
+            label_train, label_val = _split_groups(groups, target, min_val_per_label, seed, pinned)
         else:
             leaky.append(label)
             label_train, label_val = _split_single_group(next(iter(groups.values())), target, rng)
@@ -75,16 +81,17 @@ def split_rows(rows: tuple[Row, ...] | list[Row], train_fraction: float, min_val
     return Split(train=tuple(train), val=tuple(val), leaky_labels=tuple(leaky), per_label=per_label)
 
 
-def _split_groups(groups: dict[str, list[Row]], target: int, min_val: int,
-                  seed: int) -> tuple[list[Row], list[Row]]:
+def _split_groups(groups: dict[str, list[Row]], target: int, min_val: int, seed: int,
+                  pinned: set[str]) -> tuple[list[Row], list[Row]]:
     # A stable order per original, not a shuffle: adding an example moves no other original across the split,
     # so production rarely trained on what the candidate validates on (and the gate excludes it when it did).
-    originals = sorted(groups, key=lambda original: hashlib.sha256(f"{seed}:{original}".encode()).hexdigest())
-    # Try every count of validation groups (at least one left for training) and keep the one whose
+    originals = sorted((original for original in groups if original not in pinned),
+                       key=lambda original: hashlib.sha256(f"{seed}:{original}".encode()).hexdigest())
+    # Try every count of validation groups (at least one group left for training) and keep the one whose
     # size is nearest the target while meeting the minimum, if any count can.
-    best_count, best_key = 1, None
+    best_count, best_key = (1 if originals else 0), None
     size = 0
-    for count in range(1, len(originals)):
+    for count in range(1, min(len(originals), len(groups) - 1) + 1):
         size += len(groups[originals[count - 1]])
         key = (size < min_val, abs(size - target))
         if best_key is None or key < best_key:

@@ -120,3 +120,35 @@ def test_no_sentence_is_on_both_sides_when_originals_are_near_duplicates():
             leaks[seed] = sorted(both)
 
     assert leaks == {}
+
+
+def test_taught_utterances_always_train_and_the_rest_split_as_without_them():
+    examples = tuple(f"please do the thing number {index}" for index in range(12))
+    hints = tuple(f"i taught you this one {index}" for index in range(6))
+    outcomes = OutcomeSet(Path("."), (Outcome("do_thing", examples=examples, teach_hints=hints),
+                                      Outcome("other", examples=tuple(f"something else {i}" for i in range(6)))))
+    rows = augment_outcomes(outcomes, 5, seed=3).rows
+    # A seed where, without pinning, taught utterances land in validation: the case the pin exists for.
+    seed = next(seed for seed in range(50)
+                if {row.original for row in split_rows(rows, 0.7, 2, seed=seed).val} & set(hints))
+    unpinned = split_rows(rows, 0.7, 2, seed=seed)
+
+    pinned = split_rows(rows, 0.7, 2, seed=seed, keep_in_training=outcomes.teach_hints)
+
+    assert outcomes.teach_hints == set(hints)
+    assert not {row.original for row in pinned.val} & set(hints)
+    assert set(hints) <= {row.original for row in pinned.train}
+    assert {row.original for row in pinned.val if row.label == "do_thing"}  # examples still validate
+    # The other outcome, with no hints, splits exactly as before.
+    assert [r for r in pinned.val if r.label == "other"] == [r for r in unpinned.val if r.label == "other"]
+
+
+def test_an_outcome_of_taught_utterances_only_keeps_them_all_for_training():
+    outcomes = OutcomeSet(Path("."), (Outcome("taught", examples=("one example here",),
+                                              teach_hints=("first hint", "second hint")),))
+    rows = augment_outcomes(outcomes, 4, seed=1).rows
+
+    split = split_rows(rows, 0.5, 1, seed=1, keep_in_training=outcomes.teach_hints)
+
+    assert {row.original for row in split.val} <= {"one example here"}
+    assert {"first hint", "second hint"} <= {row.original for row in split.train}
