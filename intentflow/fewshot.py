@@ -101,7 +101,8 @@ def summary_rows(runs: Sequence[FewshotRun]) -> list[dict[str, object]]:
     for featurizer in dict.fromkeys(run.featurizer for run in runs):
         mine = [run for run in runs if run.featurizer == featurizer]
         accuracy = [run.accuracy_without_oos for run in mine]
-        recall = [run.oos_recall for run in mine if run.oos_recall is not None]
+        # A run without a threshold answers nothing unknown: its recall is not a measurement of the detector.
+        recall = [run.oos_recall for run in mine if run.oos_recall is not None and run.oos_threshold is not None]
         rows.append({
             "featurizer": featurizer,
             "seeds": ", ".join(str(run.seed) for run in mine),
@@ -120,7 +121,7 @@ def markdown_table(runs: Sequence[FewshotRun]) -> str:
     lines = ["| featurizer | seed | accuracy | with OOS threshold | OOS recall | threshold | run time (s) |",
              "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for run in runs:
-        recall = f"{run.oos_recall:.2%}" if run.oos_recall is not None else "n/a"
+        recall = f"{run.oos_recall:.2%}" if run.oos_recall is not None and run.oos_threshold is not None else "n/a"
         threshold = f"{run.oos_threshold:.4f}" if run.oos_threshold is not None else "off"
         lines.append(f"| {run.featurizer} | {run.seed} | {run.accuracy_without_oos:.2%} | {run.accuracy:.2%} | "
                      f"{recall} | {threshold} | {run.seconds:.0f} |")
