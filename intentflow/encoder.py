@@ -61,11 +61,12 @@ class SentenceEncoder:
 
     ``cache_dir`` keeps vectors on disk between runs, keyed by the encoder's weights and the sentence's hash,
     so a retrain re-encodes only sentences it has not seen. A fine-tuned encoder has weights of its own, so
-    its vectors never mix with the base model's.
+    its vectors never mix with the base model's. ``remember=False`` (serving) keeps nothing between calls, so a
+    long-running classifier does not grow with every sentence it is asked about.
     """
 
     def __init__(self, name: str, device: str = "cpu", cache_dir: str | Path | None = None,
-                 state: dict[str, torch.Tensor] | None = None):
+                 state: dict[str, torch.Tensor] | None = None, remember: bool = True):
         st = _import_sentence_transformers()
         folder = resolve_model(name)
         if Path(folder).is_dir() or name in ("", BUNDLED_MODEL):
@@ -90,7 +91,8 @@ class SentenceEncoder:
         self.model.eval()
         dimension = getattr(self.model, "get_embedding_dimension", None) or self.model.get_sentence_embedding_dimension
         self.dimension = int(dimension())
-        self.cache_dir = Path(cache_dir) if cache_dir is not None else None
+        self.cache_dir = Path(cache_dir) if cache_dir is not None and remember else None
+        self.remember = remember
         self._vectors: dict[str, np.ndarray] = {}
         self._disk_loaded = False
 
@@ -108,6 +110,13 @@ class SentenceEncoder:
 
     def encode(self, texts: Sequence[str]) -> torch.Tensor:
         """``[len(texts), dimension]`` float32 on the CPU, each row of unit length."""
+        if not self.remember:
+            distinct = list(dict.fromkeys(texts))
+            if not distinct:
+                return torch.zeros((0, self.dimension))
+            row = {text: index for index, text in enumerate(distinct)}
+            vectors = self._run(distinct)
+            return torch.from_numpy(vectors[[row[text] for text in texts]])
         self._load_disk_cache()
         keys = [_key(text) for text in texts]
         missing = list(dict.fromkeys(key for key in keys if key not in self._vectors))

@@ -50,7 +50,7 @@ def build_encoder(payload: dict[str, Any], device: str = "cpu") -> SentenceEncod
         return None
     from intentflow.train import load_encoder
 
-    return load_encoder(payload["encoder"]["model"], device, state=payload.get("encoder_state"))
+    return load_encoder(payload["encoder"]["model"], device, state=payload.get("encoder_state"), serving=True)
 
 
 class Classifier:

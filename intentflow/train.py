@@ -196,12 +196,17 @@ def continue_training(
                 keep_best=False, val_is_original=[not row.synthetic for row in val])
 
 
-def load_encoder(name: str, device: str, state: dict[str, torch.Tensor] | None = None) -> SentenceEncoder:
-    """The sentence encoder ``name`` (empty: the bundled all-MiniLM-L6-v2), caching vectors of a frozen one."""
+def load_encoder(name: str, device: str, state: dict[str, torch.Tensor] | None = None,
+                 serving: bool = False) -> SentenceEncoder:
+    """The sentence encoder ``name`` (empty: the bundled all-MiniLM-L6-v2).
+
+    For training, vectors of a frozen encoder are cached on disk; ``serving`` keeps none, on disk or in memory.
+    """
     from intentflow.encoder import SentenceEncoder
 
     cache = os.environ.get(CACHE_VARIABLE) or Path.home() / ".cache" / "intentflow" / "embeddings"
-    return SentenceEncoder(name, device=device, cache_dir=None if state is not None else cache, state=state)
+    return SentenceEncoder(name, device=device, cache_dir=None if state is not None else cache, state=state,
+                           remember=not serving)
 
 
 def calibrate_oos(probabilities: torch.Tensor, targets: torch.Tensor, share: float = OOS_REJECT_SHARE) -> float | None:

@@ -160,3 +160,19 @@ def test_the_cache_survives_a_damaged_file(tmp_path):
 
     assert torch.allclose(SentenceEncoder("", cache_dir=tmp_path).encode(["one sentence"]), vectors, atol=1e-6)
     assert Path(cache_file).stat().st_size > 100  # rewritten whole
+
+
+def test_a_serving_classifier_keeps_no_vectors_between_calls(embedded, tmp_path, monkeypatch):
+    monkeypatch.setenv("INTENTFLOW_CACHE_DIR", str(tmp_path))
+    _, path = embedded
+    classifier = Classifier.load(path)
+    calls: list[list[str]] = []
+    run = classifier.encoder._run
+    monkeypatch.setattr(classifier.encoder, "_run", lambda texts: calls.append(list(texts)) or run(texts))
+
+    first = classifier.predict_batch(["do I need an umbrella", "do I need an umbrella", "play jazz"])
+    classifier.predict_batch(["do I need an umbrella"])
+
+    assert calls == [["do I need an umbrella", "play jazz"], ["do I need an umbrella"]]
+    assert first[0] == first[1]
+    assert classifier.encoder._vectors == {} and not list(tmp_path.iterdir())

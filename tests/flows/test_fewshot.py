@@ -43,12 +43,13 @@ def tiny_clinc(tmp_path: Path) -> Path:
 @pytest.mark.slow
 def test_one_run_goes_through_import_retrain_and_evaluate(tiny_clinc: Path) -> None:
     run = run_fewshot(tiny_clinc, "bow", seed=0, shots=6,
-                      extra_args=["--augment-factor", "20", "--epochs", "40", "--hidden-size", "32"])
+                      extra_args=["--augment-factor", "20", "--epochs", "40", "--hidden-size", "32",
+                                  "--oos-threshold", "0.5"])
 
     assert (run.featurizer, run.seed, run.shots) == ("bow", 0, 6)
     assert run.accuracy_without_oos >= 4 / 6  # a learnable toy set
     assert 0.0 <= run.accuracy <= run.accuracy_without_oos
-    assert run.oos_recall is not None and run.oos_threshold is not None
+    assert run.oos_threshold == 0.5 and run.oos_recall is not None
     assert run.seconds >= run.train_seconds > 0
 
 

@@ -341,13 +341,14 @@ def test_retrain_command_reports_each_outcome(tmp_path: Path, outcomes_folder: P
 
 def test_published_model_answers_unknown_below_its_threshold(make_params: Callable[..., RetrainParameters],
                                                               capsys: pytest.CaptureFixture[str]) -> None:
-    params = make_params(oos_threshold=0.9, unknown_label="no_match")
+    # Gate threshold 0: an unknown answer on a validation sentence counts as wrong, and the tiny model is unsure.
+    params = make_params(oos_threshold=0.6, unknown_label="no_match", threshold=0.0)
     assert retrain(params, return_state=True).is_completed()
     [version] = Registry(params.registry).versions()
     payload = torch.load(version.checkpoint, weights_only=True)
     threshold = payload["oos"]["threshold"]
 
-    assert payload["oos"] == {"threshold": 0.9, "label": "no_match", "setting": 0.9}
+    assert payload["oos"] == {"threshold": 0.6, "label": "no_match", "setting": 0.6}
     assert f"out-of-scope threshold: {threshold:.4f}" in (version.path / "report.md").read_text(encoding="utf-8")
     assert main(["predict", "--checkpoint", params.registry, "--json", "zzz qqq", "will it rain tomorrow"]) == 0
     answers = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
