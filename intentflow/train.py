@@ -324,7 +324,7 @@ def _oos_threshold(result: TrainedModel, val_x: list[torch.Tensor] | None, val_y
         return float(setting)
     if result.encoder is None:
         # Bag-of-words confidences do not separate out-of-scope sentences: on CLINC150 10-shot a threshold calibrated
-        # this way caught 55% of them but cost 12 points of in-scope accuracy (benchmarks/RESULTS.md).
+        # this way caught 50% of them but cost 10.8 points of in-scope accuracy (benchmarks/RESULTS.md).
         logger.info("oos_threshold auto: off for a bag-of-words model (its confidence does not tell out-of-scope "
                     "sentences apart); set a number to force a threshold, or use featurizer embeddings")
         return None
