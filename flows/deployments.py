@@ -15,6 +15,7 @@ from intentflow.errors import IntentflowError, display_path
 
 PREFECT_YAML = Path(__file__).resolve().parent.parent / "prefect.yaml"
 RETRAIN_DEPLOYMENT = "retrain-monthly"
+BENCHMARK_DEPLOYMENT = "fewshot-nightly"
 
 # Prefect's own models ignore unknown keys, so a misspelt key would silently do nothing: only these are allowed.
 ALLOWED_TOP = {"name", "prefect-version", "build", "push", "pull", "deployments"}
@@ -80,6 +81,25 @@ def serve_arguments(name: str = RETRAIN_DEPLOYMENT, path: str | Path = PREFECT_Y
         "description": spec.get("description"),
         "parameters": spec.get("parameters") or {},
     }
+
+
+def runner_deployments(path: str | Path = PREFECT_YAML) -> list[Any]:
+    """Every deployment of ``prefect.yaml`` as a ``RunnerDeployment`` of its flow, for ``intentflow serve``."""
+    from flows.benchmark import fewshot_benchmark
+    from flows.retrain import retrain
+
+    flows = {RETRAIN_DEPLOYMENT: retrain, BENCHMARK_DEPLOYMENT: fewshot_benchmark}
+    deployments = []
+    for spec in load_prefect_yaml(path).get("deployments") or []:
+        flow = flows.get(spec.get("name"))
+        if flow is None:
+            raise IntentflowError(f"{display_path(Path(path))}: intentflow serve does not know deployment "
+                                  f"{spec.get('name')!r} (known: {', '.join(flows)}; fix: rename it, or deploy it "
+                                  "with `make deploy` and a worker)")
+        arguments = serve_arguments(spec["name"], path)
+        limit = arguments.pop("global_limit")
+        deployments.append(flow.to_deployment(**arguments, concurrency_limit=limit))
+    return deployments
 
 
 def _unknown(section: Any, allowed: set[str], where: str) -> list[str]:

@@ -256,11 +256,13 @@ def cmd_watch(args: argparse.Namespace) -> int:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     _prefect_environment()
-    from flows.deployments import serve_arguments
-    from flows.retrain import retrain
+    from prefect import serve
+
+    from flows.deployments import runner_deployments
 
     _check_server()
-    retrain.serve(**serve_arguments())
+    # Every deployment of prefect.yaml (the monthly retrain with its trigger, the nightly benchmark), one process.
+    serve(*runner_deployments())
     return 0
 
 

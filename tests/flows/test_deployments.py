@@ -187,19 +187,37 @@ def test_the_served_deployment_matches_prefect_yaml(monkeypatch: pytest.MonkeyPa
     assert trigger.enabled is declared["enabled"]
 
 
-def test_serve_command_serves_the_same_arguments(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_serve_command_serves_every_deployment_of_prefect_yaml(monkeypatch: pytest.MonkeyPatch) -> None:
+    import prefect
+
+    from flows.benchmark import fewshot_benchmark
     from intentflow.cli import main
 
+    monkeypatch.chdir(REPO)
     monkeypatch.delenv("PREFECT_LOGGING_EXTRA_LOGGERS", raising=False)  # the command sets it; undo that after
-    served: list[dict[str, Any]] = []
-    monkeypatch.setattr(type(retrain), "serve", lambda self, **kwargs: served.append(kwargs))
+    served: list[tuple[Any, ...]] = []
+    monkeypatch.setattr(prefect, "serve", lambda *deployments, **kwargs: served.append(deployments))
     assert main(["serve"]) == 0
-    [arguments] = served
-    expected = serve_arguments()
-    assert arguments["name"] == expected["name"]
-    assert arguments["global_limit"] == expected["global_limit"]
-    assert arguments["triggers"] == expected["triggers"]
-    assert [item.cron for item in arguments["schedules"]] == [item.cron for item in expected["schedules"]]
+    [deployments] = served
+    assert [d.name for d in deployments] == [RETRAIN_DEPLOYMENT, "fewshot-nightly"]
+    assert [d.flow_name for d in deployments] == [retrain.name, fewshot_benchmark.name]
+    for deployment in deployments:
+        spec = deployment_spec(deployment.name)
+        assert deployment.entrypoint == spec["entrypoint"]
+        assert deployment.concurrency_limit == spec["concurrency_limit"]
+        assert [s.schedule.cron for s in deployment.schedules] == [item["cron"] for item in spec["schedules"]]
+        assert len(deployment.triggers) == len(spec.get("triggers") or [])
+
+
+def test_serve_refuses_a_deployment_it_has_no_flow_for(tmp_path: Path) -> None:
+    from flows.deployments import runner_deployments
+
+    def add(data: dict) -> None:
+        data["deployments"].append({**data["deployments"][1], "name": "mystery"})
+
+    path = write_variant(tmp_path, add)
+    with pytest.raises(IntentflowError, match="does not know deployment 'mystery'"):
+        runner_deployments(path)
 
 
 def test_deployment_parameters_fit_the_flow() -> None:
