@@ -36,7 +36,7 @@ lint: setup
 server: setup
 	$(BIN)/prefect server start --host 127.0.0.1 --port $(PREFECT_PORT)
 
-## Register the deployments in prefect.yaml (monthly cron + outcome-change trigger) with the server.
+## Register the deployments in prefect.yaml (monthly retrain + outcome-change trigger, nightly benchmark) with the server.
 deploy: setup
 	PREFECT_API_URL=$(API_URL) $(BIN)/prefect work-pool create intentflow-process --type process --overwrite
 	PREFECT_API_URL=$(API_URL) $(BIN)/prefect deploy --all
@@ -45,7 +45,7 @@ deploy: setup
 worker: setup
 	PREFECT_API_URL=$(API_URL) $(BIN)/prefect worker start --pool intentflow-process
 
-## Serve the retrain deployment from one process instead of deploy + worker.
+## Serve every deployment of prefect.yaml from one process instead of deploy + worker.
 serve: setup
 	PREFECT_API_URL=$(API_URL) $(BIN)/intentflow serve
 
