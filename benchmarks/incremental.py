@@ -4,8 +4,9 @@
     python benchmarks/incremental.py --datasets sample     # the bundled outcomes only
 
 For each data set: train production in full, teach 20 utterances with ``intentflow.teach``, then retrain both ways
-on the same augmented rows and split, with the functions the retrain flow uses (``choose_mode``,
-``select_incremental_rows``, ``continue_training`` or ``train_model``), each twice, since the timings are noisy.
+on the same augmented rows and split, with the functions the retrain flow uses (``choose_mode``, then
+``train_in_mode``: ``select_incremental_rows`` and ``continue_training``, or ``train_split``), each twice, since the
+timings are noisy.
 
 - sample: the bundled ``config/outcomes`` copied to a temporary folder, with 20 hand-written corrections to five
   outcomes. Accuracy is on the validation split (there is no other labelled set for these outcomes).
@@ -40,12 +41,12 @@ from intentflow.config import Settings, load_settings
 from intentflow.evaluate import evaluate_model
 from intentflow.fileio import write_json
 from intentflow.gate import gate_candidate
-from intentflow.incremental import OUTCOMES_KEY, choose_mode, outcome_record, select_incremental_rows
+from intentflow.incremental import OUTCOMES_KEY, choose_mode, outcome_record, train_in_mode
 from intentflow.inference import Classifier, build_model
 from intentflow.outcomes import NAME_PATTERN, Outcome, OutcomeSet, load_outcomes, normalise_text
 from intentflow.split import Split, split_rows
 from intentflow.teach import Correction, teach_utterances
-from intentflow.train import continue_training, train_model
+from intentflow.train import train_split
 
 CLINC = Path("/work/shared/benchmarks/clinc150")
 SEED = 2025
@@ -116,8 +117,7 @@ def payload_of(trained: Any, outcomes: OutcomeSet, split: Split, settings: Setti
 
 def train_production(folder: Path, settings: Settings) -> dict[str, Any]:
     outcomes, split = prepare(folder, settings)
-    trained = train_model([row.text for row in split.train], [row.label for row in split.train],
-                          [row.text for row in split.val], [row.label for row in split.val], settings.train)
+    trained = train_split(split, settings.train)
     return payload_of(trained, outcomes, split, settings, [row.original for row in split.train], {"mode": "full"})
 
 
@@ -126,18 +126,10 @@ def retrain(mode: str, outcomes: OutcomeSet, split: Split, production: dict[str,
     """One retrain's training stage as the flow runs it in ``mode``; the wall and CPU seconds it took."""
     start, cpu_start = time.perf_counter(), time.process_time()
     chosen = choose_mode(mode, outcomes, flow_config(settings), production, split)
-    train_originals = [row.original for row in split.train]
-    if chosen.mode == "incremental":
-        rows = select_incremental_rows(split.train, production, settings.incremental.replay_ratio,
-                                       settings.prepare.seed)
-        trained = continue_training(production, rows.new, rows.replay, split.val, settings.train,
-                                    settings.incremental)
-        train_originals += production.get("train_originals", [])
-    else:
-        trained = train_model([row.text for row in split.train], [row.label for row in split.train],
-                              [row.text for row in split.val], [row.label for row in split.val], settings.train)
+    done = train_in_mode(chosen, split, production, settings, "production")
     seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
-    return payload_of(trained, outcomes, split, settings, train_originals, chosen.to_dict()), seconds, cpu_seconds
+    payload = payload_of(done.trained, outcomes, split, settings, done.train_originals, done.record)
+    return payload, seconds, cpu_seconds
 
 
 @dataclass

@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from intentflow.checkpoint import build_payload, load_checkpoint
 from intentflow.config import load_settings
 from intentflow.errors import IntentflowError
-from intentflow.incremental import OUTCOMES_KEY, outcome_record
+from intentflow.incremental import OUTCOMES_KEY, outcome_record, train_in_mode
 from intentflow.inference import Classifier, build_model
 from intentflow.onnx_export import require_exporter
 from intentflow.outcomes import load_outcomes as read_outcomes
@@ -165,19 +165,10 @@ def _retrain(params: RetrainParameters, logger: Any) -> State:
                            production_version.name, error)
     chosen = choose_mode(params.mode, outcome_set, config, production_payload, split, scheduled=scheduled)
     logger.info("training mode %s: %s", chosen.mode, chosen.reason)
-    training: dict[str, Any] = chosen.to_dict()
-    train_originals = [row.original for row in split.train]
-    if chosen.mode == "incremental":
-        rows = select_incremental_rows(split.train, production_payload, settings.incremental.replay_ratio,
-                                       settings.prepare.seed)
-        trained = continue_training(production_payload, rows.new, rows.replay, split.val, settings.train,
-                                    settings.incremental)
-        # Everything production learnt is in the new weights too; the next gate must not score it on those.
-        train_originals += production_payload.get("train_originals", [])
-        training.update(base_version=production_version.name, new_rows=len(rows.new), replay_rows=len(rows.replay),
-                        incremental=settings.incremental.model_dump())
-    else:
-        trained = train_model(split, settings.train)
+    mode_training = train_in_mode(chosen, split, production_payload, settings,
+                                  production_version.name if production_version else None,
+                                  select=select_incremental_rows, resume=continue_training, full=train_model)
+    trained, train_originals, training = mode_training.trained, mode_training.train_originals, mode_training.record
     val_texts = [row.text for row in split.val]
     val_labels = [row.label for row in split.val]
     payload = build_payload(trained, outcome_hash=outcome_set.content_hash, prepare=settings.prepare.model_dump(),

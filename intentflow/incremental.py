@@ -10,15 +10,19 @@ from __future__ import annotations
 
 import random
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from intentflow.augment import Row
 from intentflow.errors import IntentflowError
 from intentflow.outcomes import OutcomeSet, normalise_text
 from intentflow.report import config_changes
 from intentflow.split import Split
+from intentflow.train import TrainedModel, continue_training, train_split
+
+if TYPE_CHECKING:
+    from intentflow.config import Settings
 
 MODES = ("auto", "full", "incremental")
 # What a checkpoint records of the outcomes it was trained on, so the next run can tell what changed.
@@ -210,3 +214,40 @@ def _count(number: int, noun: str) -> str:
 def _sample(items: Sequence[Any]) -> str:
     shown = [f"'{item[0]}'" if isinstance(item, tuple) else f"'{item}'" for item in items[:_SHOWN]]
     return ", ".join(shown) + (f" and {len(items) - _SHOWN} more" if len(items) > _SHOWN else "")
+
+
+@dataclass(frozen=True)
+class ModeTraining:
+    """What training in the chosen mode made, and what the version records about it."""
+
+    trained: TrainedModel
+    # Every original the new weights have learnt from, so a later gate does not score them on those.
+    train_originals: list[str]
+    # The run's record of its training: the mode decision, plus the base version and rows when incremental.
+    record: dict[str, Any]
+
+
+def train_in_mode(chosen: ModeDecision, split: Split, production: dict[str, Any] | None, settings: Settings,
+                  production_name: str | None = None, *,
+                  select: Callable[..., IncrementalRows] = select_incremental_rows,
+                  resume: Callable[..., TrainedModel] = continue_training,
+                  full: Callable[..., TrainedModel] = train_split) -> ModeTraining:
+    """Train as ``chosen`` says: from production's weights on new and replayed rows, or from scratch on ``split``.
+
+    The steps are parameters so the flow can pass its Prefect tasks (each shown in the UI) and the benchmark the
+    plain functions, and both run exactly this.
+    """
+    record: dict[str, Any] = chosen.to_dict()
+    train_originals = [row.original for row in split.train]
+    if chosen.mode != "incremental":
+        return ModeTraining(full(split, settings.train), train_originals, record)
+    if production is None:
+        raise IntentflowError("cannot train incrementally: there is no production model (fix: use mode full)")
+    rows = select(split.train, production, settings.incremental.replay_ratio, settings.prepare.seed)
+    trained = resume(production, rows.new, rows.replay, split.val, settings.train, settings.incremental)
+    # Everything production learnt is in the new weights too.
+    train_originals += production.get("train_originals", [])
+    record.update(base_version=production_name, new_rows=len(rows.new), replay_rows=len(rows.replay),
+                  incremental=settings.incremental.model_dump())
+    return ModeTraining(trained, train_originals, record)
+

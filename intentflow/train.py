@@ -22,6 +22,7 @@ from intentflow.config import IncrementalConfig, TrainConfig
 from intentflow.errors import IntentflowError
 from intentflow.features import Vocabulary, build_vocabulary
 from intentflow.model import IntentMLP
+from intentflow.split import Split
 
 if TYPE_CHECKING:
     from intentflow.encoder import SentenceEncoder
@@ -137,6 +138,14 @@ def train_model(
     result = TrainedModel(model=model, vocab=vocab, labels=labels, config=config, device=str(device), encoder=encoder)
     return _fit(result, train_texts, train_labels, val_texts, val_labels, epochs=config.epochs, lr=config.lr,
                 on_epoch=on_epoch, val_is_original=val_is_original)
+
+
+def train_split(split: Split, config: TrainConfig,
+                on_epoch: Callable[[EpochStats, int], None] | None = None) -> TrainedModel:
+    """``train_model`` on a split's rows, the out-of-scope threshold calibrated on its validation originals."""
+    return train_model([row.text for row in split.train], [row.label for row in split.train],
+                       [row.text for row in split.val], [row.label for row in split.val], config,
+                       on_epoch=on_epoch, val_is_original=[not row.synthetic for row in split.val])
 
 
 def continue_training(

@@ -20,11 +20,7 @@ PROGRESS_INTERVAL_SECONDS = 1.0
 def train_model(data: Split, config: TrainConfig) -> TrainedModel:
     """Train on the worker's GPU when it has one (``device=auto``), showing the epoch as a progress artifact."""
     progress_id, on_epoch = _progress("Training epochs (early stopping may end sooner)")
-    trained = train.train_model(
-        [row.text for row in data.train], [row.label for row in data.train],
-        [row.text for row in data.val], [row.label for row in data.val],
-        config, on_epoch=on_epoch, val_is_original=[not row.synthetic for row in data.val],
-    )
+    trained = train.train_split(data, config, on_epoch=on_epoch)
     update_progress_artifact(progress_id, progress=100.0)
     return trained
 
