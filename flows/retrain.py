@@ -175,7 +175,8 @@ def _retrain(params: RetrainParameters, logger: Any) -> State:
                             val_texts=val_texts, val_labels=val_labels,
                             val_originals=[row.original for row in split.val], train_originals=train_originals,
                             extra={OUTCOMES_KEY: outcome_record(outcome_set), "training": training})
-    candidate = Classifier(*build_model(payload), payload=payload)
+    # The encoder of an embeddings model is the one just trained with, not a second copy loaded from the payload.
+    candidate = Classifier(*build_model(payload), payload=payload, encoder=trained.encoder)
     evaluation = evaluate_model(candidate, val_texts, val_labels)
 
     decision = gate_candidate(evaluation.accuracy, trained.labels, val_texts, val_labels, settings.gate,

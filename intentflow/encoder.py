@@ -95,6 +95,7 @@ class SentenceEncoder:
         self.remember = remember
         self._vectors: dict[str, np.ndarray] = {}
         self._disk_loaded = False
+        self._cache_path: Path | None = None
 
     @property
     def device(self) -> torch.device:
@@ -136,9 +137,13 @@ class SentenceEncoder:
         return vectors.astype(np.float32, copy=False)
 
     def _cache_file(self) -> Path | None:
+        # Hashing the weights reads all of them: once per encoder, since a cached (frozen) encoder never changes
+        # (fine-tuning turns the cache off).
         if self.cache_dir is None:
             return None
-        return self.cache_dir / f"{Path(self.name).name}-{self.fingerprint()}.npz"
+        if self._cache_path is None:
+            self._cache_path = self.cache_dir / f"{Path(self.name).name}-{self.fingerprint()}.npz"
+        return self._cache_path
 
     def _load_disk_cache(self) -> None:
         if self._disk_loaded:
