@@ -31,6 +31,7 @@ import time
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
+from statistics import mean
 from typing import Any
 
 from common import ROOT, command, machine, stamp  # noqa: I001 - sets sys.path for intentflow
@@ -189,10 +190,11 @@ def measure(case: Case, settings: Settings, repeats: int,
     return results, facts
 
 
-def sample_case(scratch: Path) -> Case:
-    folder = Path(shutil.copytree(ROOT / "config" / "outcomes", scratch / "sample"))
+def sample_case(scratch: Path, split_seed: int | None = None) -> Case:
+    name = "bundled outcomes (18)" + (f", split seed {split_seed}" if split_seed is not None else "")
+    folder = Path(shutil.copytree(ROOT / "config" / "outcomes", scratch / f"sample-{split_seed}"))
     corrections = [Correction(text, label) for label, texts in SAMPLE_CORRECTIONS.items() for text in texts]
-    return Case("bundled outcomes (18)", folder, corrections, None)
+    return Case(name, folder, corrections, None)
 
 
 def clinc_case(scratch: Path, clinc: Path) -> Case:
@@ -249,6 +251,30 @@ def table(rows: list[tuple[Case, list[Measurement], dict[str, Any]]]) -> str:
     return "\n".join(lines)
 
 
+def summary(rows: list[tuple[Case, list[Measurement], dict[str, Any]]]) -> str:
+    """Per data set (the bundled outcomes over all split seeds): mean accuracy and speed of each mode."""
+    groups: dict[str, list[tuple[int, list[Measurement]]]] = defaultdict(list)
+    for case, results, _facts in rows:
+        groups[case.name.split(", split seed")[0]].append((len(case.corrections), results))
+    lines = ["| data set | runs | mode | mean train time | mean val acc | mean overall acc | taught predicted right "
+             "| promoted |", "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: |"]
+    for name, runs in groups.items():
+        for mode in ("production", "full", "incremental"):
+            # Each split's repeats, not the extra training seeds: those are the yardstick, shown in the table.
+            picked = [(taught, m) for taught, results in runs for m in results
+                      if m.mode == mode and not str(m.repeat).startswith("seed")]
+            if not picked:
+                continue
+            chosen = [m for _taught, m in picked]
+            taught = f"{sum(m.taught_correct for m in chosen)}/{sum(count for count, _m in picked)}"
+            lines.append(f"| {name} | {len(chosen)} | {mode} | "
+                         f"{'' if mode == 'production' else f'{mean(m.seconds for m in chosen):.1f} s'} "
+                         f"| {mean(m.val_accuracy for m in chosen):.2%} | {mean(m.overall for m in chosen):.2%} "
+                         f"| {taught} "
+                         f"| {'' if mode == 'production' else sum(m.promoted for m in chosen)} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--datasets", nargs="+", choices=["sample", "clinc"], default=["sample", "clinc"])
@@ -257,19 +283,31 @@ def main() -> None:
     parser.add_argument("--config", type=Path, default=ROOT / "config" / "training.toml")
     parser.add_argument("--sample-seeds", type=int, nargs="*", default=[],
                         help="bundled outcomes: also retrain in full with these training seeds (accuracy spread)")
+    parser.add_argument("--split-seeds", type=int, nargs="*", default=[],
+                        help="bundled outcomes: repeat everything (production, teaching, both retrains) with these "
+                             "augmentation and split seeds instead of the config's, so each validates on other "
+                             "originals; the summary gives the mean over them")
     args = parser.parse_args()
     settings = load_settings(args.config)
     rows = []
     with tempfile.TemporaryDirectory() as scratch:
         for dataset in args.datasets:
-            case = sample_case(Path(scratch)) if dataset == "sample" else clinc_case(Path(scratch), args.clinc)
-            results, facts = measure(case, settings, args.repeats, args.sample_seeds if dataset == "sample" else [])
-            rows.append((case, results, facts))
+            if dataset == "clinc":
+                case = clinc_case(Path(scratch), args.clinc)
+                rows.append((case, *measure(case, settings, args.repeats, [])))
+                continue
+            for split_seed in args.split_seeds or [None]:
+                chosen = settings if split_seed is None else settings.with_overrides(prepare={"seed": split_seed})
+                case = sample_case(Path(scratch), split_seed)
+                rows.append((case, *measure(case, chosen, args.repeats, args.sample_seeds)))
     print(f"machine: {machine()}\ndate: {stamp()}\ncommand: {command()}\n")
     print(f"settings: {args.config.name}: prepare {settings.prepare.model_dump()}, incremental "
           f"{settings.incremental.model_dump()}; train as in the file (full: up to {settings.train.epochs} epochs, "
           f"patience {settings.train.patience})\n")
     print(table(rows))
+    print()
+    print()
+    print(summary(rows))
     print()
     for case, _results, facts in rows:
         print(f"- {case.name}: auto mode chose {facts['auto']} ({facts['reason']}); {facts['train_rows']} training "

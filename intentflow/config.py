@@ -7,7 +7,7 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from intentflow.errors import Problem, ValidationFailed, display_path
 
@@ -68,9 +68,19 @@ class PublishConfig(_Strict):
 
 
 class IncrementalConfig(_Strict):
-    epochs: int = Field(8, ge=1, le=100_000, description="Epochs of an incremental run, started from production")
+    new_feature_epochs: int = Field(8, ge=0, le=100_000,
+                                    description="Epochs of stage 1, where only the weights of new words learn")
+    new_feature_lr: float = Field(0.01, gt=0.0, le=1.0, description="AdamW learning rate of stage 1")
+    epochs: int = Field(8, ge=0, le=100_000, description="Epochs of stage 2, where every weight learns")
     replay_ratio: float = Field(2.0, ge=0.0, le=1_000.0, description="Old training rows replayed per new row")
-    lr: float = Field(0.001, gt=0.0, le=1.0, description="AdamW learning rate of an incremental run")
+    lr: float = Field(0.0003, gt=0.0, le=1.0, description="AdamW learning rate of stage 2")
+
+    @model_validator(mode="after")
+    def _some_training(self) -> IncrementalConfig:
+        if self.new_feature_epochs + self.epochs == 0:
+            raise ValueError("new_feature_epochs and epochs are both 0, so an incremental run would learn nothing "
+                             "(fix: set either above 0)")
+        return self
 
 
 class Settings(_Strict):
@@ -127,6 +137,10 @@ def _problems(error: ValidationError, shown: str, section: str | None) -> list[P
             close = difflib.get_close_matches(location[-1], known, n=1)
             fix = f"did you mean '{close[0]}'?" if close else f"remove it; known keys: {', '.join(known)}"
             problems.append(Problem(shown, where, "unknown key", fix))
+        elif item["type"] == "value_error" and "(fix: " in item["msg"]:
+            # A check of ours that names its own fix: "Value error, <message> (fix: <fix>)".
+            message, fix = item["msg"].removeprefix("Value error, ").rsplit(" (fix: ", 1)
+            problems.append(Problem(shown, where, message, fix.removesuffix(")")))
         else:
             problems.append(Problem(shown, where, item["msg"], "use a value within the stated limits"))
     return problems

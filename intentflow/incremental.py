@@ -2,7 +2,8 @@
 
 A full retrain starts from random weights on every row. When users only added utterances (``intentflow teach``,
 new examples), production already knows everything else: training can start from its weights, on the rows of the
-new utterances mixed with a replayed sample of the old ones, for a few epochs. ``choose_mode`` decides; the
+new utterances mixed with a replayed sample of the old ones, for a few epochs (first only the weights of new words,
+then all of them: ``intentflow.train.continue_training``). ``choose_mode`` decides; the
 validation set and the gate are the same in both modes.
 """
 
@@ -51,6 +52,8 @@ class IncrementalRows:
     new: tuple[Row, ...]
     replay: tuple[Row, ...]
     new_originals: tuple[str, ...]
+    # The new rows' share of all training rows: the weight of their loss in an incremental run.
+    new_share: float = 1.0
 
 
 def outcome_record(outcomes: OutcomeSet) -> list[dict[str, Any]]:
@@ -116,7 +119,8 @@ def select_incremental_rows(train: Sequence[Row], production: dict[str, Any], re
         count = max(1, round(share * len(rows))) if wanted else 0
         replay.extend(rng.sample(rows, min(len(rows), count)))
     originals = tuple(dict.fromkeys(row.original for row in new))
-    return IncrementalRows(new=new, replay=tuple(replay), new_originals=originals)
+    return IncrementalRows(new=new, replay=tuple(replay), new_originals=originals,
+                           new_share=len(new) / len(train) if train else 1.0)
 
 
 def _blocker(outcomes: OutcomeSet, config: dict[str, Any], production: dict[str, Any] | None) -> str | None:
@@ -244,10 +248,11 @@ def train_in_mode(chosen: ModeDecision, split: Split, production: dict[str, Any]
     if production is None:
         raise IntentflowError("cannot train incrementally: there is no production model (fix: use mode full)")
     rows = select(split.train, production, settings.incremental.replay_ratio, settings.prepare.seed)
-    trained = resume(production, rows.new, rows.replay, split.val, settings.train, settings.incremental)
+    trained = resume(production, rows.new, rows.replay, split.val, settings.train, settings.incremental,
+                     new_share=rows.new_share)
     # Everything production learnt is in the new weights too.
     train_originals += production.get("train_originals", [])
     record.update(base_version=production_name, new_rows=len(rows.new), replay_rows=len(rows.replay),
-                  incremental=settings.incremental.model_dump())
+                  new_share=round(rows.new_share, 4), incremental=settings.incremental.model_dump())
     return ModeTraining(trained, train_originals, record)
 

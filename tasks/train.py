@@ -27,11 +27,12 @@ def train_model(data: Split, config: TrainConfig) -> TrainedModel:
 
 @task(name="continue_training", cache_policy=NO_CACHE)
 def continue_training(production: dict[str, Any], new_train: tuple[Row, ...], replay_train: tuple[Row, ...],
-                      val: tuple[Row, ...], config: TrainConfig, incremental: IncrementalConfig) -> TrainedModel:
+                      val: tuple[Row, ...], config: TrainConfig, incremental: IncrementalConfig,
+                      new_share: float | None = None) -> TrainedModel:
     """Incremental training from production's weights, with the same progress artifact as ``train_model``."""
     progress_id, on_epoch = _progress("Incremental training epochs, from production's weights")
     trained = train.continue_training(production, new_train, replay_train, val, config, incremental,
-                                      on_epoch=on_epoch)
+                                      on_epoch=on_epoch, new_share=new_share)
     update_progress_artifact(progress_id, progress=100.0)
     return trained
 

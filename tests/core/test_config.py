@@ -43,6 +43,19 @@ def test_unknown_section_and_bad_value_are_reported_together(tmp_path):
     assert all(problem.file == str(path) for problem in info.value.problems)
 
 
+def test_an_incremental_run_that_would_learn_nothing_is_refused_with_its_fix(tmp_path):
+    path = tmp_path / "training.toml"
+    path.write_text("[incremental]\nnew_feature_epochs = 0\nepochs = 0\n")
+
+    with pytest.raises(ValidationFailed) as info:
+        load_settings(path)
+
+    [problem] = info.value.problems
+    assert (problem.file, problem.field) == (str(path), "incremental")
+    assert problem.message == "new_feature_epochs and epochs are both 0, so an incremental run would learn nothing"
+    assert problem.fix == "set either above 0"
+
+
 def test_invalid_toml_names_the_file(tmp_path):
     path = tmp_path / "training.toml"
     path.write_text("[train\nepochs = 5\n")

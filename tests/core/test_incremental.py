@@ -202,6 +202,7 @@ def test_incremental_rows_are_the_new_ones_and_an_even_replay_sample():
     counts = {label: sum(row.label == label for row in rows.replay) for label in old}
     assert counts == {"a": 10, "b": 20, "c": 10}
     assert all(row.original in production["train_originals"] for row in rows.replay)
+    assert rows.new_share == pytest.approx(20 / 100)
     assert select_incremental_rows(train, production, 2.0, seed=1) == rows
     assert select_incremental_rows(train, production, 0.0, seed=1).replay == ()
     # Never more than there is.
@@ -231,7 +232,7 @@ def test_training_continues_from_production_weights_with_the_vocabulary_extended
     old_vocab = production["vocab"]
 
     # A learning rate too small to move anything: the result is production's function, with more features.
-    trained = _continue(toy_model, production, IncrementalConfig(epochs=1, lr=1e-9))
+    trained = _continue(toy_model, production, IncrementalConfig(new_feature_epochs=0, epochs=1, lr=1e-9))
 
     assert trained.vocab.features[:len(old_vocab)] == old_vocab
     assert set(trained.vocab.features[len(old_vocab):]) == {"crank", "loud", "tunes", "blast", "tracks", "brolly",
@@ -255,13 +256,52 @@ def test_continued_training_learns_new_utterances_and_keeps_the_old(toy_model):
     old_labels = [row.label for row in [*toy_model.data.train, *toy_model.data.val]]
     right_before = [p.label == label for p, label in zip(before.predict_batch(old_texts), old_labels, strict=True)]
 
-    trained = _continue(toy_model, production, IncrementalConfig(epochs=30, lr=0.01))
+    trained = _continue(toy_model, production, IncrementalConfig(new_feature_epochs=10, epochs=20, lr=0.01))
 
     after = Classifier.from_trained(trained)
     assert [p.label for p in after.predict_batch(list(NEW))] == list(NEW.values())
     right_after = [p.label == label for p, label in zip(after.predict_batch(old_texts), old_labels, strict=True)]
     assert sum(right_after) >= sum(right_before)
-    assert trained.best_epoch == len(trained.history) == 30
+    # Both stages' epochs, numbered on, the last kept.
+    assert [stats.epoch for stats in trained.history] == list(range(1, 31))
+    assert trained.best_epoch == 30
+
+
+def test_stage_one_learns_new_words_and_leaves_every_other_weight_as_production_had_it(toy_model):
+    production = toy_production(toy_model)
+    rows = len(production["vocab"]) + 1  # with the padding row
+
+    trained = _continue(toy_model, production, IncrementalConfig(new_feature_epochs=30, new_feature_lr=0.05,
+                                                                  epochs=0))
+
+    state = trained.model.state_dict()
+    assert state["input.weight"][rows:].abs().max().item() > 0.01
+    assert torch.equal(state["input.weight"][:rows], production["state_dict"]["input.weight"])
+    for name, value in production["state_dict"].items():
+        if name != "input.weight":
+            assert torch.equal(state[name], value), name
+    # Every new sentence has a new word, so stage 1 alone learns all of them.
+    after = Classifier.from_trained(trained)
+    assert [p.label for p in after.predict_batch(list(NEW))] == list(NEW.values())
+    # Sentences without the new words: exactly production's answers. Those with one now lean to its outcome.
+    texts = [row.text for row in [*toy_model.data.train, *toy_model.data.val]]
+    known = [text for text in texts if max(trained.vocab.bag(text), default=0) < rows]
+    assert len(known) < len(texts) and "loudly rock tunes start" not in known
+    before = Classifier(*build_model(production))
+    assert torch.equal(before.probabilities(known), after.probabilities(known))
+    assert len(trained.history) == 30 and all(parameter.requires_grad for parameter in trained.model.parameters())
+
+
+def test_stage_two_weighs_new_rows_at_their_share_of_all_training_rows():
+    from intentflow.train import _new_row_weights
+
+    weights = _new_row_weights(new=10, replay=20, new_share=0.1)
+    assert len(weights) == 30
+    assert sum(weights[:10]) / sum(weights) == pytest.approx(0.1)
+    assert weights[10:] == [1.0] * 20
+    assert _new_row_weights(10, 0, 0.1) is None
+    assert _new_row_weights(10, 20, None) is None
+    assert _new_row_weights(10, 20, 1.0) is None
 
 
 def _continue(toy_model, production: dict[str, Any], incremental: IncrementalConfig, **config: Any):

@@ -77,6 +77,9 @@ def test_a_run_after_teaching_is_incremental_and_learns_the_taught_utterances(ru
     assert training["base_version"] == first.name
     assert training["reason"].startswith("only examples or teach hints were added (2 new originals")
     assert training["new_rows"] > 0 and training["replay_rows"] > 0
+    # The new rows' loss weight: their share of all training rows, recorded with both stages' settings.
+    assert 0 < training["new_share"] <= training["new_rows"] / (training["new_rows"] + training["replay_rows"])
+    assert {"new_feature_epochs", "epochs", "lr"} <= set(training["incremental"])
     assert first.info["training"]["mode"] == "full"
     for name in ("release_notes.md", "report.md"):
         assert "- training mode: incremental (only examples or teach hints were added" in \
