@@ -3,6 +3,7 @@
 # No `from __future__ import annotations` here: `intentflow serve` sends the flow function to each run's process by
 # value (cloudpickle), without this module's globals, so a string annotation "RetrainParameters" could not be resolved
 # there and every served run would fail parameter validation. Real annotations are pickled by reference.
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -13,14 +14,18 @@ from prefect.states import Completed, Failed, State
 from pydantic import BaseModel, ConfigDict, Field
 
 from intentflow.checkpoint import build_payload, load_checkpoint
-from intentflow.config import load_settings
+from intentflow.config import Settings, load_settings
 from intentflow.errors import IntentflowError
-from intentflow.incremental import OUTCOMES_KEY, outcome_record, train_in_mode
+from intentflow.evaluate import Evaluation
+from intentflow.gate import GateDecision
+from intentflow.incremental import OUTCOMES_KEY, ModeDecision, outcome_record, train_in_mode
 from intentflow.inference import Classifier, build_model
 from intentflow.onnx_export import require_exporter
+from intentflow.outcomes import OutcomeSet
 from intentflow.outcomes import load_outcomes as read_outcomes
 from intentflow.registry import Registry
 from intentflow.report import release_notes
+from intentflow.split import Split
 from tasks.augment import augment_outcomes
 from tasks.evaluate import evaluate_model
 from tasks.gate import gate_candidate
@@ -165,25 +170,22 @@ def _retrain(params: RetrainParameters, logger: Any) -> State:
                            production_version.name, error)
     chosen = choose_mode(params.mode, outcome_set, config, production_payload, split, scheduled=scheduled)
     logger.info("training mode %s: %s", chosen.mode, chosen.reason)
-    mode_training = train_in_mode(chosen, split, production_payload, settings,
-                                  production_version.name if production_version else None,
-                                  select=select_incremental_rows, resume=continue_training, full=train_model)
-    trained, train_originals, training = mode_training.trained, mode_training.train_originals, mode_training.record
-    val_texts = [row.text for row in split.val]
-    val_labels = [row.label for row in split.val]
-    payload = build_payload(trained, outcome_hash=outcome_set.content_hash, prepare=settings.prepare.model_dump(),
-                            val_texts=val_texts, val_labels=val_labels,
-                            val_originals=[row.original for row in split.val], train_originals=train_originals,
-                            extra={OUTCOMES_KEY: outcome_record(outcome_set), "training": training})
-    # The encoder of an embeddings model is the one just trained with, not a second copy loaded from the payload.
-    candidate = Classifier(*build_model(payload), payload=payload, encoder=trained.encoder)
-    evaluation = evaluate_model(candidate, val_texts, val_labels)
-
-    decision = gate_candidate(evaluation.accuracy, trained.labels, val_texts, val_labels, settings.gate,
-                              production, production_version.name if production_version else None,
-                              candidate=candidate, val_originals=[row.original for row in split.val])
-    notes = release_notes(payload, production_payload, production_version.name if production_version else None,
-                          mode=f"{chosen.mode} ({chosen.reason})")
+    production_name = production_version.name if production_version else None
+    attempt = _train_and_gate(chosen, outcome_set, split, settings, production_payload, production, production_name)
+    if chosen.mode == "incremental" and chosen.requested == "auto" and not attempt.decision.promote:
+        # An incremental run inherits production's weights; when the gate turns it down, a full retrain (new
+        # weights, every row) still ships what was taught if it passes. The rejected attempt is recorded, not
+        # published.
+        logger.warning("the incremental candidate was rejected (%s); retraining in full", attempt.decision.reason)
+        fallback = ModeDecision("full", chosen.requested, f"the incremental candidate was rejected "
+                                f"({attempt.decision.reason}), so this run retrained in full", chosen.scheduled)
+        rejected = {"val_accuracy": attempt.evaluation.accuracy, "gate": attempt.decision.reason,
+                    "new_rows": attempt.training.get("new_rows"), "replay_rows": attempt.training.get("replay_rows")}
+        attempt = _train_and_gate(fallback, outcome_set, split, settings, production_payload, production,
+                                  production_name, extra_training={"incremental_attempt": rejected})
+        chosen = fallback
+    payload, evaluation, decision = attempt.payload, attempt.evaluation, attempt.decision
+    notes = release_notes(payload, production_payload, production_name, mode=f"{chosen.mode} ({chosen.reason})")
     run = {"flow_run_id": str(flow_run.id), "flow_run_name": flow_run.name, "changed_paths": params.changed_paths}
     publication = publish_version(params.registry, payload, evaluation, decision, notes, run,
                                   onnx=settings.publish.onnx)
@@ -199,6 +201,37 @@ def _retrain(params: RetrainParameters, logger: Any) -> State:
         return Failed(message=f"gate rejected {publication.version}: {decision.reason}; production "
                               f"{publication.production or '(none)'} is unchanged")
     return Completed(message=f"promoted {publication.version} to production: {decision.reason}")
+
+
+@dataclass(frozen=True)
+class _Attempt:
+    payload: dict[str, Any]
+    evaluation: Evaluation
+    decision: GateDecision
+    training: dict[str, Any]
+
+
+def _train_and_gate(chosen: ModeDecision, outcome_set: OutcomeSet, split: Split, settings: Settings,
+                    production_payload: dict[str, Any] | None, production: Classifier | None,
+                    production_name: str | None, extra_training: dict[str, Any] | None = None) -> _Attempt:
+    """Train in ``chosen``'s mode, build the version's payload, evaluate it and let the gate decide."""
+    mode_training = train_in_mode(chosen, split, production_payload, settings, production_name,
+                                  select=select_incremental_rows, resume=continue_training, full=train_model)
+    trained, training = mode_training.trained, {**mode_training.record, **(extra_training or {})}
+    val_texts = [row.text for row in split.val]
+    val_labels = [row.label for row in split.val]
+    payload = build_payload(trained, outcome_hash=outcome_set.content_hash, prepare=settings.prepare.model_dump(),
+                            val_texts=val_texts, val_labels=val_labels,
+                            val_originals=[row.original for row in split.val],
+                            train_originals=mode_training.train_originals,
+                            extra={OUTCOMES_KEY: outcome_record(outcome_set), "training": training})
+    # The encoder of an embeddings model is the one just trained with, not a second copy loaded from the payload.
+    candidate = Classifier(*build_model(payload), payload=payload, encoder=trained.encoder)
+    evaluation = evaluate_model(candidate, val_texts, val_labels)
+    decision = gate_candidate(evaluation.accuracy, trained.labels, val_texts, val_labels, settings.gate,
+                              production, production_name, candidate=candidate,
+                              val_originals=[row.original for row in split.val])
+    return _Attempt(payload, evaluation, decision, training)
 
 
 def _versions_table(registry: Registry) -> None:

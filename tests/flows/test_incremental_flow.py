@@ -113,6 +113,28 @@ def test_a_run_after_teaching_is_incremental_and_learns_the_taught_utterances(ru
     assert latest.info["training"]["reason"].startswith("scheduled run")
 
 
+def test_an_incremental_candidate_the_gate_rejects_is_replaced_by_a_full_retrain(run: Any, tmp_path: Path) -> None:
+    # A learning rate that wrecks the network, so the incremental candidate cannot pass the gate.
+    wrecking = tmp_path / "training.toml"
+    wrecking.write_text(SETTINGS.replace("lr = 0.01", "lr = 1.0\nnew_feature_epochs = 0"), encoding="utf-8")
+    versions = len(run.registry.versions())
+    teach(run)
+
+    run(config=str(wrecking))
+
+    # One version published, trained in full; the rejected incremental attempt is recorded in it, not published.
+    assert len(run.registry.versions()) == versions + 1
+    training = run.registry.versions()[-1].info["training"]
+    assert (training["mode"], training["requested"]) == ("full", "auto")
+    assert training["reason"].startswith("the incremental candidate was rejected (")
+    assert training["reason"].endswith("), so this run retrained in full")
+    attempt = training["incremental_attempt"]
+    assert attempt["val_accuracy"] < TINY["threshold"] and attempt["new_rows"] > 0
+    assert attempt["gate"] in training["reason"]
+    notes = (run.registry.versions()[-1].path / "release_notes.md").read_text(encoding="utf-8")
+    assert "- training mode: full (the incremental candidate was rejected" in notes
+
+
 def test_a_run_after_adding_an_outcome_is_full(run: Any) -> None:
     write_outcomes(run.outcomes, {"order_food": {"name": "order_food", "examples": [
         "order a pizza", "get me some sushi delivered", "i want a burger and fries", "deliver noodles for dinner"]}})
