@@ -2,6 +2,7 @@
 
     python benchmarks/fewshot.py                              # bow and embeddings, seeds 0 1 2, k = 10
     python benchmarks/fewshot.py --featurizers embeddings --seeds 0
+    python benchmarks/fewshot.py --score-on val --retrain-arg=--finetune-epochs --retrain-arg=4  # tune on val
 
 Follows ../shared/benchmarks/README.md: k utterances per intent from train.jsonl (``intentflow outcomes import``),
 ``intentflow retrain`` with the project's defaults (gate threshold 0, so each model is scored), ``intentflow
@@ -26,20 +27,25 @@ def main() -> None:
     parser.add_argument("--featurizers", nargs="+", choices=FEATURIZERS, default=list(FEATURIZERS))
     parser.add_argument("--seeds", nargs="+", type=int, default=list(SEEDS))
     parser.add_argument("--shots", type=int, default=SHOTS)
+    parser.add_argument("--score-on", choices=["test", "val"], default="test",
+                        help="val: score on val.jsonl, the set to tune choices on")
+    parser.add_argument("--retrain-arg", action="append", default=[], dest="retrain_args",
+                        help="an argument for intentflow retrain (repeat for each), e.g. --retrain-arg=--epochs")
     parser.add_argument("--no-write", action="store_true", help="do not append to benchmarks/RESULTS.md")
     args = parser.parse_args()
 
     runs = []
     for featurizer in args.featurizers:
         for seed in args.seeds:
-            run = run_fewshot(args.data, featurizer, seed, args.shots)
+            run = run_fewshot(args.data, featurizer, seed, args.shots, args.retrain_args, args.score_on)
             print(json.dumps(run.to_dict()), flush=True)
             runs.append(run)
     table = markdown_table(runs)
     print(table)
     if not args.no_write:
-        section = (f"\n## Few-shot CLINC150 (k = {args.shots}), {stamp()}\n\n`{command()}` at {git_revision()}; "
-                   f"{machine()}\n\n{table}\n")
+        scored = "" if args.score_on == "test" else f", scored on {args.score_on}.jsonl"
+        section = (f"\n## Few-shot CLINC150 (k = {args.shots}{scored}), {stamp()}\n\n`{command()}` at "
+                   f"{git_revision()}; {machine()}\n\n{table}\n")
         with (ROOT / "benchmarks" / "RESULTS.md").open("a", encoding="utf-8") as results:
             results.write(section)
 

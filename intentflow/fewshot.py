@@ -53,10 +53,14 @@ class FewshotRun:
 
 
 def run_fewshot(data: str | Path, featurizer: str, seed: int, shots: int = SHOTS,
-                extra_args: Sequence[str] = ()) -> FewshotRun:
-    """One run of the protocol in a temporary folder; ``extra_args`` go to ``intentflow retrain``."""
+                extra_args: Sequence[str] = (), scored_on: str = "test") -> FewshotRun:
+    """One run of the protocol in a temporary folder; ``extra_args`` go to ``intentflow retrain``.
+
+    ``scored_on``: ``test`` (test.jsonl and oos_test.jsonl), or ``val`` (val.jsonl and oos_val.jsonl where it
+    exists), the set to tune choices on.
+    """
     data = Path(data)
-    for name in ("train.jsonl", "test.jsonl"):
+    for name in ("train.jsonl", f"{scored_on}.jsonl"):
         if not (data / name).is_file():
             raise IntentflowError(f"{data / name} does not exist (fix: pass the CLINC150 folder, which holds "
                                   "train.jsonl, test.jsonl and oos_test.jsonl)")
@@ -69,10 +73,10 @@ def run_fewshot(data: str | Path, featurizer: str, seed: int, shots: int = SHOTS
         _intentflow("retrain", "--outcomes", str(work / "outcomes"), "--registry", str(work / "registry"),
                     "--featurizer", featurizer, "--threshold", "0", *extra_args)
         train_seconds = time.perf_counter() - train_started
-        scored = work / "test-and-oos.jsonl"
-        lines = (data / "test.jsonl").read_text(encoding="utf-8").splitlines()
-        if (data / "oos_test.jsonl").is_file():
-            lines += (data / "oos_test.jsonl").read_text(encoding="utf-8").splitlines()
+        scored = work / f"{scored_on}-and-oos.jsonl"
+        lines = (data / f"{scored_on}.jsonl").read_text(encoding="utf-8").splitlines()
+        if (data / f"oos_{scored_on}.jsonl").is_file():
+            lines += (data / f"oos_{scored_on}.jsonl").read_text(encoding="utf-8").splitlines()
         scored.write_text("\n".join(line for line in lines if line.strip()) + "\n", encoding="utf-8")
         report = json.loads(_intentflow("evaluate", "--checkpoint", str(work / "registry"), "--data", str(scored),
                                         "--json"))

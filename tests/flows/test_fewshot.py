@@ -56,6 +56,9 @@ def test_one_run_goes_through_import_retrain_and_evaluate(tiny_clinc: Path) -> N
 def test_missing_data_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(IntentflowError, match=r"train.jsonl does not exist \(fix: pass the CLINC150 folder"):
         run_fewshot(tmp_path, "bow", seed=0)
+    (tmp_path / "train.jsonl").write_text('{"text": "hi", "label": "greet"}\n', encoding="utf-8")
+    with pytest.raises(IntentflowError, match=r"val.jsonl does not exist"):
+        run_fewshot(tmp_path, "bow", seed=0, scored_on="val")
 
 
 def fake_run(data: Any, featurizer: str, seed: int, shots: int = 10) -> FewshotRun:
