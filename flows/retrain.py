@@ -68,6 +68,8 @@ class RetrainParameters(BaseModel):
     label_smoothing: float | None = Field(None, ge=0, lt=1, description=f"Label smoothing (0.1); {FROM_FILE}")
     featurizer: Literal["bow", "embeddings"] | None = Field(
         None, description=f"bow, or embeddings from a sentence encoder (needs intentflow[embeddings]); {FROM_FILE}")
+    char_ngrams: int | None = Field(None, ge=0, le=8, description=f"Bag-of-words: also character n-grams of 2 to "
+                                    f"this many characters inside each word, 0 = words only (0); {FROM_FILE}")
     embedding_model: str | None = Field(None, max_length=1000, description=f"Sentence encoder, hub name or folder "
                                         f"(bundled all-MiniLM-L6-v2); {FROM_FILE}")
     finetune_epochs: int | None = Field(None, ge=0, le=1000, description=f"Contrastive fine-tuning epochs of the "
@@ -87,7 +89,7 @@ class RetrainParameters(BaseModel):
 
     def settings(self) -> Any:
         train_keys = ("epochs", "lr", "batch_size", "hidden_size", "hidden_layers", "dropout", "weight_decay",
-                      "patience", "seed", "device", "label_smoothing", "featurizer", "embedding_model",
+                      "patience", "seed", "device", "label_smoothing", "featurizer", "char_ngrams", "embedding_model",
                       "finetune_epochs", "oos_threshold", "unknown_label")
         return load_settings(self.config).with_overrides(
             prepare={"augment_factor": self.augment_factor, "seed": self.seed},

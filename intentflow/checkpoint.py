@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from intentflow import __version__
+from intentflow.config import MAX_CHAR_NGRAMS
 from intentflow.errors import IntentflowError, display_path
 from intentflow.fileio import atomic_write, write_json
 from intentflow.model import parameter_shapes
@@ -54,6 +55,7 @@ def build_payload(trained: TrainedModel, *, outcome_hash: str, prepare: dict[str
             "hidden_layers": config.hidden_layers,
             "dropout": config.dropout,
             "word_ngrams": trained.vocab.word_ngrams,
+            "char_ngrams": trained.vocab.char_ngrams,
             **features,
             "train": config.model_dump(),
             "prepare": prepare,
@@ -134,6 +136,10 @@ def _check_payload(payload: Any, shown: str) -> None:
     config.setdefault("word_ngrams", WORD_NGRAMS)
     if not _positive_whole(config["word_ngrams"]) or config["word_ngrams"] > MAX_WORD_NGRAMS:
         _refuse(shown, f"config.word_ngrams must be a whole number from 1 to {MAX_WORD_NGRAMS}")
+    config.setdefault("char_ngrams", 0)  # checkpoints from before character n-grams
+    if (isinstance(config["char_ngrams"], bool) or not isinstance(config["char_ngrams"], int)
+            or not (config["char_ngrams"] == 0 or 2 <= config["char_ngrams"] <= MAX_CHAR_NGRAMS)):
+        _refuse(shown, f"config.char_ngrams must be 0 or a whole number from 2 to {MAX_CHAR_NGRAMS}")
     dropout = config.get("dropout", 0.0)
     if isinstance(dropout, bool) or not isinstance(dropout, int | float) or not 0.0 <= dropout < 1.0:
         _refuse(shown, "config.dropout must be a number from 0 to below 1")

@@ -11,6 +11,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from intentflow.errors import Problem, ValidationFailed, display_path
 
+# Longer character n-grams are nearly whole words: they add features, not sharing.
+MAX_CHAR_NGRAMS = 8
+
 DEFAULT_CONFIG_PATH = Path("config/training.toml")
 
 
@@ -38,6 +41,8 @@ class TrainConfig(_Strict):
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Where to train")
     label_smoothing: float = Field(0.1, ge=0.0, lt=1.0, description="Share of the target spread over other labels")
     featurizer: Literal["bow", "embeddings"] = Field("bow", description="Bag-of-words or sentence embeddings")
+    char_ngrams: int = Field(0, ge=0, le=MAX_CHAR_NGRAMS, description="Bag-of-words: also the character n-grams "
+                             "of 2 to this many characters inside each word; 0 = words only")
     embedding_model: str = Field("", max_length=1000, description="Sentence encoder (hub name or folder); "
                                  "empty = the bundled all-MiniLM-L6-v2")
     finetune_epochs: int = Field(2, ge=0, le=1000, description="Contrastive fine-tuning epochs of the encoder; "
@@ -54,6 +59,13 @@ class TrainConfig(_Strict):
     def _threshold_range(cls, value: str | float) -> str | float:
         if not isinstance(value, str) and not 0.0 <= value <= 1.0:
             raise ValueError("must be \"auto\", \"off\" or a confidence from 0 to 1")
+        return value
+
+    @field_validator("char_ngrams")
+    @classmethod
+    def _char_sizes(cls, value: int) -> int:
+        if value == 1:
+            raise ValueError(f"must be 0 (words only) or from 2 to {MAX_CHAR_NGRAMS}: single characters say nothing")
         return value
 
 

@@ -1,4 +1,4 @@
-"""Bag-of-words features: a vocabulary of words and word pairs, encoded as sparse index bags."""
+"""Bag-of-words features: a vocabulary of words, word runs and character n-grams, encoded as sparse index bags."""
 
 from __future__ import annotations
 
@@ -19,21 +19,36 @@ def tokenize(text: str) -> list[str]:
     return _TOKEN.findall(text.casefold())
 
 
-def features_of(text: str, word_ngrams: int) -> list[str]:
-    """Distinct words and runs of up to ``word_ngrams`` words, in first-seen order."""
+# Character n-grams are marked so that none can equal a word: "#<ca", "#cab>".
+CHAR_PREFIX = "#"
+SHORTEST_CHAR_NGRAM = 2
+
+
+def features_of(text: str, word_ngrams: int, char_ngrams: int = 0) -> list[str]:
+    """Distinct words, runs of up to ``word_ngrams`` words, and (``char_ngrams`` > 0) the character n-grams of
+    2 to ``char_ngrams`` characters inside each word marked ``<word>``, as fastText makes them; first-seen order.
+
+    Character n-grams let a misspelt or inflected word ("parcels", "pakage") share features with a known one.
+    """
     words = tokenize(text)
     found: dict[str, None] = {}
     for size in range(1, word_ngrams + 1):
         for start in range(len(words) - size + 1):
             found[" ".join(words[start:start + size])] = None
+    for word in words if char_ngrams else ():
+        marked = f"<{word}>"
+        for size in range(SHORTEST_CHAR_NGRAM, min(char_ngrams, len(marked)) + 1):
+            for start in range(len(marked) - size + 1):
+                found[CHAR_PREFIX + marked[start:start + size]] = None
     return list(found)
 
 
 class Vocabulary(Mapping[str, int]):
     """Feature -> column. Index 0 is padding, so an unknown-only sentence encodes to an empty bag."""
 
-    def __init__(self, features: Iterable[str], word_ngrams: int = 2):
+    def __init__(self, features: Iterable[str], word_ngrams: int = 2, char_ngrams: int = 0):
         self.word_ngrams = word_ngrams
+        self.char_ngrams = char_ngrams
         self._features = [PAD, *features]
         self._index = {feature: index for index, feature in enumerate(self._features)}
 
@@ -54,10 +69,10 @@ class Vocabulary(Mapping[str, int]):
     def bag(self, text: str) -> list[int]:
         """Column indices of the known features of ``text``, each once."""
         get = self._index.get
-        if self.word_ngrams == 1:  # the common case, without building n-grams
+        if self.word_ngrams == 1 and not self.char_ngrams:  # the common case, without building n-grams
             found = map(get, dict.fromkeys(_TOKEN.findall(text.casefold())))
         else:
-            found = map(get, features_of(text, self.word_ngrams))
+            found = map(get, features_of(text, self.word_ngrams, self.char_ngrams))
         return [column for column in found if column is not None]
 
     def encode(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -83,11 +98,12 @@ class Vocabulary(Mapping[str, int]):
         return torch.from_numpy(indices), torch.from_numpy(weights)
 
 
-def build_vocabulary(texts: Iterable[str], word_ngrams: int = 2, min_count: int = 1) -> Vocabulary:
+def build_vocabulary(texts: Iterable[str], word_ngrams: int = 2, min_count: int = 1,
+                     char_ngrams: int = 0) -> Vocabulary:
     """Every feature seen at least ``min_count`` times, most frequent first (ties alphabetical)."""
     counts: Counter[str] = Counter()
     for text in texts:
-        counts.update(features_of(text, word_ngrams))
+        counts.update(features_of(text, word_ngrams, char_ngrams))
     kept = sorted((feature for feature, count in counts.items() if count >= min_count),
                   key=lambda feature: (-counts[feature], feature))
-    return Vocabulary(kept, word_ngrams=word_ngrams)
+    return Vocabulary(kept, word_ngrams=word_ngrams, char_ngrams=char_ngrams)

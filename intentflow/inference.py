@@ -40,7 +40,8 @@ def build_model(payload: dict[str, Any]) -> tuple[IntentMLP, Vocabulary, list[st
         raise IntentflowError(f"checkpoint weights do not match its config: {str(error).splitlines()[0]} "
                               "(fix: retrain, or `intentflow rollback`)") from None
     model.eval()
-    vocab = Vocabulary(payload["vocab"], word_ngrams=int(config["word_ngrams"]))
+    vocab = Vocabulary(payload["vocab"], word_ngrams=int(config["word_ngrams"]),
+                       char_ngrams=int(config.get("char_ngrams", 0)))
     return model, vocab, list(payload["labels"])
 
 

@@ -96,10 +96,12 @@ def export_payload(payload: dict[str, Any]) -> tuple[bytes, dict[str, Any]]:
         "output": {OUTPUT: "float32 [batch, labels], softmax"},
         "labels": list(labels),
         "word_ngrams": vocab.word_ngrams,
+        "char_ngrams": vocab.char_ngrams,
         # How Vocabulary.encode turns text into inputs, for readers outside Python; OnnxClassifier calls it.
         "featurizer": {"token_pattern": _TOKEN.pattern, "casefold": True, "padding_index": 0,
                        "weights": "1/sqrt(n) on each of a sentence's n distinct known features",
-                       "features": "words, then runs of up to word_ngrams words joined by a space"},
+                       "features": "words, then runs of up to word_ngrams words joined by a space, then (char_ngrams "
+                                   "> 0) '#' + each run of 2 to char_ngrams characters of '<word>'"},
         "vocab": vocab.features,
         # Answers less confident than threshold are label (threshold null: never); OnnxClassifier applies it.
         "oos": payload.get("oos") or {"threshold": None, "label": "unknown"},
@@ -170,7 +172,8 @@ class OnnxClassifier:
             first = str(error).splitlines()[0] if str(error) else type(error).__name__
             raise IntentflowError(f"ONNX model {shown} cannot be loaded: {first} "
                                   "(fix: export it again with `intentflow export-onnx`)") from None
-        vocab = Vocabulary(metadata["vocab"], word_ngrams=int(metadata["word_ngrams"]))
+        vocab = Vocabulary(metadata["vocab"], word_ngrams=int(metadata["word_ngrams"]),
+                           char_ngrams=int(metadata.get("char_ngrams", 0)))
         return cls(session, vocab, list(metadata["labels"]), metadata)
 
     def probabilities(self, texts: Sequence[str]) -> np.ndarray:
@@ -240,7 +243,9 @@ def _read_metadata(path: Path) -> dict[str, Any]:
     if not isinstance(metadata.get("format_version"), int) or metadata["format_version"] > FORMAT_VERSION:
         raise IntentflowError(f"{shown} has format version {metadata.get('format_version')}, newer than this "
                               f"intentflow ({FORMAT_VERSION}) (fix: upgrade intentflow)")
-    for key, kind in (("vocab", list), ("labels", list), ("word_ngrams", int), ("sha256", str)):
+    metadata.setdefault("char_ngrams", 0)  # exported before character n-grams
+    for key, kind in (("vocab", list), ("labels", list), ("word_ngrams", int), ("char_ngrams", int),
+                      ("sha256", str)):
         if not isinstance(metadata.get(key), kind):
             raise IntentflowError(f"{shown} lacks a valid '{key}' entry (fix: export it again with "
                                   "`intentflow export-onnx`)")

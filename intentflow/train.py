@@ -133,7 +133,7 @@ def train_model(
                           input_dim=encoder.dimension)
     else:
         encoder = None
-        vocab = build_vocabulary(train_texts, word_ngrams=WORD_NGRAMS)
+        vocab = build_vocabulary(train_texts, word_ngrams=WORD_NGRAMS, char_ngrams=config.char_ngrams)
         model = IntentMLP(len(vocab), len(labels), config.hidden_size, config.hidden_layers, config.dropout)
     result = TrainedModel(model=model, vocab=vocab, labels=labels, config=config, device=str(device), encoder=encoder)
     return _fit(result, train_texts, train_labels, val_texts, val_labels, epochs=config.epochs, lr=config.lr,
@@ -196,10 +196,12 @@ def continue_training(
     device = resolve_device(config.device)
     torch.manual_seed(config.seed)
     word_ngrams = int(architecture.get("word_ngrams", WORD_NGRAMS))
+    char_ngrams = int(architecture.get("char_ngrams", 0))
     known = set(production["vocab"])
-    added = [feature for feature in build_vocabulary([row.text for row in rows], word_ngrams=word_ngrams).features
+    added = [feature for feature in build_vocabulary([row.text for row in rows], word_ngrams=word_ngrams,
+                                                     char_ngrams=char_ngrams).features
              if feature not in known]
-    vocab = Vocabulary([*production["vocab"], *added], word_ngrams=word_ngrams)
+    vocab = Vocabulary([*production["vocab"], *added], word_ngrams=word_ngrams, char_ngrams=char_ngrams)
     model = IntentMLP(len(vocab), len(labels), config.hidden_size, config.hidden_layers, config.dropout)
     state = dict(production["state_dict"])
     old_rows = state["input.weight"]

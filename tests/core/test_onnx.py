@@ -51,14 +51,23 @@ def checkpoint(toy_model, tmp_path_factory) -> Path:
     return save_toy_checkpoint(toy_model, tmp_path_factory.mktemp("onnx"))
 
 
+def train_toy_checkpoint(toy_model, folder: Path, **config) -> Path:
+    data = toy_model.data
+    trained = train_model([row.text for row in data.train], [row.label for row in data.train],
+                          [row.text for row in data.val], [row.label for row in data.val], tiny_train_config(**config))
+    return save_toy_checkpoint(toy_model, folder, trained)
+
+
 @pytest.fixture(scope="module")
 def deep_checkpoint(toy_model, tmp_path_factory) -> Path:
     """Three hidden layers, so the exported graph's hidden stack is exercised too (the toy model has none)."""
-    data = toy_model.data
-    trained = train_model([row.text for row in data.train], [row.label for row in data.train],
-                          [row.text for row in data.val], [row.label for row in data.val],
-                          tiny_train_config(hidden_layers=3, epochs=5))
-    return save_toy_checkpoint(toy_model, tmp_path_factory.mktemp("onnx-deep"), trained)
+    return train_toy_checkpoint(toy_model, tmp_path_factory.mktemp("onnx-deep"), hidden_layers=3, epochs=5)
+
+
+@pytest.fixture(scope="module")
+def char_checkpoint(toy_model, tmp_path_factory) -> Path:
+    """Character n-grams as well as words: the exported classifier must featurize the same way."""
+    return train_toy_checkpoint(toy_model, tmp_path_factory.mktemp("onnx-chars"), char_ngrams=4, epochs=10)
 
 
 @pytest.fixture(scope="module")
@@ -80,11 +89,12 @@ def assert_same_predictions(onnx: list[Prediction], torch_: list[Prediction]) ->
         assert abs(ours.confidence - theirs.confidence) <= TOLERANCE, (ours, theirs)
 
 
-@pytest.mark.parametrize("which", ["checkpoint", "deep_checkpoint"])
+@pytest.mark.parametrize("which", ["checkpoint", "deep_checkpoint", "char_checkpoint"])
 def test_onnx_predicts_what_pytorch_predicts(which, request, tmp_path):
     source = request.getfixturevalue(which)
     path = export_onnx(source, tmp_path / "model.onnx")
     onnx, reference = OnnxClassifier.load(path), Classifier.load(source)
+    assert onnx.vocab.char_ngrams == reference.vocab.char_ngrams == (4 if which == "char_checkpoint" else 0)
 
     assert_same_predictions(onnx.predict_batch(SENTENCES), reference.predict_batch(SENTENCES))
     # Every probability, not only the winning one.

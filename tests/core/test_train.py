@@ -128,3 +128,36 @@ def test_validation_label_unknown_to_training_is_refused():
 def test_asking_for_cuda_without_a_gpu_is_an_error():
     with pytest.raises(IntentflowError, match="--device cuda"):
         train_model(["wake me up"], ["set_alarm"], [], [], tiny_train_config(device="cuda"))
+
+
+def test_character_ngrams_are_marked_features_of_each_word():
+    from intentflow.features import Vocabulary, features_of
+
+    found = features_of("Track my PARCEL", 1, char_ngrams=3)
+    assert found[:3] == ["track", "my", "parcel"]
+    assert {"#<p", "#pa", "#<pa", "#el>", "#l>"} <= set(found)
+    assert not {"#<par", "#parc"} & set(found)  # nothing longer than 3
+    assert all(feature.startswith("#") for feature in found[3:])
+    assert features_of("Track my PARCEL", 1) == ["track", "my", "parcel"]
+    # A misspelling shares character n-grams with the word, where words alone share nothing.
+    assert Vocabulary(found, word_ngrams=1, char_ngrams=3).bag("parcle")
+    assert not Vocabulary(found, word_ngrams=1).bag("parcle")
+
+
+def test_character_ngrams_learn_misspellings_and_survive_a_reload(toy_rows, tmp_path):
+    from intentflow.checkpoint import build_payload, save_checkpoint
+
+    train, val = toy_rows.train, toy_rows.val
+    trained = train_model(*texts_labels(train), *texts_labels(val), tiny_train_config(char_ngrams=5))
+    assert trained.vocab.char_ngrams == 5
+    # Misspelt words alone: none is a known word, so words alone would give every probe the same answer.
+    probes = {"musik": "play_music", "wether": "check_weather", "alarn": "set_alarm", "playlst": "play_music"}
+    assert not set(probes) & set(trained.vocab.features)
+    in_memory = Classifier.from_trained(trained)
+    assert [p.label for p in in_memory.predict_batch(list(probes))] == list(probes.values())
+
+    path = save_checkpoint(build_payload(trained, outcome_hash="toy", prepare={}, val_texts=[], val_labels=[]),
+                           tmp_path / "model.pt")
+    loaded = Classifier.load(path)
+    assert loaded.vocab.char_ngrams == 5
+    assert torch.equal(loaded.probabilities(list(probes)), in_memory.probabilities(list(probes)))
