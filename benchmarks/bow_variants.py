@@ -4,9 +4,9 @@
     python benchmarks/bow_variants.py --seeds 0 1 --variants unigrams chars
 
 An exploration, not the product: it trains with ``intentflow.train.train_model`` directly (config/training.toml's
-[train], no OOS threshold) on k utterances per intent, and scores the best epoch on val.jsonl. Character n-grams
-are not an intentflow feature yet; the ``chars`` variants add them here by swapping ``features_of`` (word n-grams
-of 2-5 characters inside "<word>", as fastText does) for the run.
+[train], no OOS threshold) on k utterances per intent, and scores the best epoch on val.jsonl. The ``chars``
+variants set ``char_ngrams = 5`` (character n-grams of 2-5 characters inside "<word>", as fastText makes them);
+word pairs need the trainer's ``WORD_NGRAMS`` changed for the run, which this script does.
 
 - ``hold out``: one utterance per intent validates (early stopping), as the flow's split does; the others train.
 - ``refit``: every utterance trains, for a fixed number of epochs (about the held-out run's best epoch).
@@ -21,14 +21,12 @@ import json
 import random
 import time
 from collections import defaultdict
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 from common import command, machine, stamp  # noqa: I001 - sets sys.path for intentflow
 
-import intentflow.features as features
 import intentflow.train as training
 from intentflow.augment import augment_outcomes
 from intentflow.config import load_settings
@@ -36,16 +34,16 @@ from intentflow.outcomes import Outcome, OutcomeSet
 
 DATA = Path("/work/shared/benchmarks/clinc150")
 SHOTS = 10
-CHAR_SIZES = (2, 5)
+CHARS = 5
 
 VARIANTS: dict[str, dict[str, Any]] = {
     "unigrams": {},
     "unigrams + word pairs": {"word_ngrams": 2},
-    "unigrams + chars": {"chars": True},
+    "unigrams + chars": {"char_ngrams": CHARS},
     "unigrams, augment 50": {"augment": 50},
     "unigrams, augment 500 (the flow's default)": {"augment": 500},
     "unigrams, refit 20 epochs": {"refit": 20},
-    "unigrams + chars, refit 10 epochs": {"chars": True, "refit": 10},
+    "unigrams + chars, refit 10 epochs": {"char_ngrams": CHARS, "refit": 10},
 }
 
 
@@ -61,26 +59,12 @@ def draw_shots(train: list[dict[str, str]], seed: int) -> dict[str, list[str]]:
     return {intent: rng.sample(sorted(texts), SHOTS) for intent, texts in sorted(by_intent.items())}
 
 
-def with_chars(words: Callable[[str, int], list[str]]) -> Callable[[str, int], list[str]]:
-    def features_of(text: str, word_ngrams: int) -> list[str]:
-        found = dict.fromkeys(words(text, word_ngrams))
-        for word in features.tokenize(text):
-            marked = f"<{word}>"
-            for size in range(CHAR_SIZES[0], CHAR_SIZES[1] + 1):
-                for start in range(len(marked) - size + 1):
-                    found["#" + marked[start:start + size]] = None
-        return list(found)
-
-    return features_of
-
-
 def run(variant: dict[str, Any], seed: int, train: list[dict[str, str]], val: list[dict[str, str]]) -> dict[str, Any]:
     shots = draw_shots(train, seed)
     settings = load_settings(Path(__file__).resolve().parents[1] / "config" / "training.toml")
-    config = settings.train.model_copy(update={"oos_threshold": "off"})
     refit = variant.get("refit")
-    if refit:
-        config = config.model_copy(update={"epochs": refit})
+    config = settings.train.model_copy(update={"oos_threshold": "off", "char_ngrams": variant.get("char_ngrams", 0),
+                                               **({"epochs": refit} if refit else {})})
     # One utterance per intent held out to validate, unless refitting on all of them.
     held = [] if refit else [(texts[0], intent) for intent, texts in shots.items()]
     kept = [(text, intent) for intent, texts in shots.items() for text in texts if (text, intent) not in held]
@@ -92,22 +76,16 @@ def run(variant: dict[str, Any], seed: int, train: list[dict[str, str]], val: li
             for intent in shots))
         rows = augment_outcomes(outcomes, variant["augment"], seed).rows
         texts, labels = [row.text for row in rows], [row.label for row in rows]
-    words, bag, ngrams = features.features_of, features.Vocabulary.bag, training.WORD_NGRAMS
+    ngrams = training.WORD_NGRAMS
     try:
         training.WORD_NGRAMS = variant.get("word_ngrams", 1)
-        if variant.get("chars"):
-            features.features_of = with_chars(words)
-            # The one-word fast path of Vocabulary.bag skips features_of.
-            features.Vocabulary.bag = lambda self, text: [  # type: ignore[method-assign]
-                column for column in map(self._index.get, features.features_of(text, self.word_ngrams))
-                if column is not None]
         started = time.perf_counter()
         model = training.train_model(texts, labels, val_texts, val_labels, config)
         seconds = time.perf_counter() - started
         with torch.no_grad():
             predicted = model.model(*model.vocab.encode([record["text"] for record in val])).argmax(dim=1)
     finally:
-        features.features_of, features.Vocabulary.bag, training.WORD_NGRAMS = words, bag, ngrams
+        training.WORD_NGRAMS = ngrams
     accuracy = sum(model.labels[index] == record["label"]
                    for index, record in zip(predicted.tolist(), val, strict=True)) / len(val)
     return {"accuracy": accuracy, "seconds": seconds, "features": len(model.vocab) - 1, "best_epoch": model.best_epoch}

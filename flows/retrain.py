@@ -14,7 +14,7 @@ from prefect.states import Completed, Failed, State
 from pydantic import BaseModel, ConfigDict, Field
 
 from intentflow.checkpoint import build_payload, load_checkpoint
-from intentflow.config import Settings, load_settings
+from intentflow.config import MAX_CHAR_NGRAMS, Settings, load_settings
 from intentflow.errors import IntentflowError
 from intentflow.evaluate import Evaluation
 from intentflow.gate import GateDecision
@@ -68,8 +68,9 @@ class RetrainParameters(BaseModel):
     label_smoothing: float | None = Field(None, ge=0, lt=1, description=f"Label smoothing (0.1); {FROM_FILE}")
     featurizer: Literal["bow", "embeddings"] | None = Field(
         None, description=f"bow, or embeddings from a sentence encoder (needs intentflow[embeddings]); {FROM_FILE}")
-    char_ngrams: int | None = Field(None, ge=0, le=8, description=f"Bag-of-words: also character n-grams of 2 to "
-                                    f"this many characters inside each word, 0 = words only (0); {FROM_FILE}")
+    char_ngrams: int | None = Field(None, ge=0, le=MAX_CHAR_NGRAMS, description=f"Bag-of-words: also character "
+                                    f"n-grams of 2 to this many characters inside each word, 0 = words only (0); "
+                                    f"{FROM_FILE}")
     embedding_model: str | None = Field(None, max_length=1000, description=f"Sentence encoder, hub name or folder "
                                         f"(bundled all-MiniLM-L6-v2); {FROM_FILE}")
     finetune_epochs: int | None = Field(None, ge=0, le=1000, description=f"Contrastive fine-tuning epochs of the "
