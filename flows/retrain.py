@@ -26,6 +26,7 @@ from intentflow.outcomes import load_outcomes as read_outcomes
 from intentflow.registry import Registry
 from intentflow.report import release_notes
 from intentflow.split import Split
+from intentflow.train import TrainedModel
 from tasks.augment import augment_outcomes
 from tasks.evaluate import evaluate_model
 from tasks.gate import gate_candidate
@@ -33,7 +34,7 @@ from tasks.incremental import choose_mode, select_incremental_rows
 from tasks.outcomes import load_outcomes
 from tasks.publish import publish_version
 from tasks.split import split_rows
-from tasks.train import continue_training, train_model
+from tasks.train import continue_training, refit_model, train_model
 
 VERSIONS_ARTIFACT_KEY = "intent-model-versions"
 REPORT_ARTIFACT_KEY = "intent-model-report"
@@ -75,6 +76,8 @@ class RetrainParameters(BaseModel):
                                         f"(bundled all-MiniLM-L6-v2); {FROM_FILE}")
     finetune_epochs: int | None = Field(None, ge=0, le=1000, description=f"Contrastive fine-tuning epochs of the "
                                         f"encoder, 0 = frozen (2); {FROM_FILE}")
+    refit: bool | None = Field(None, description=f"After the gate passes, train again on the training and validation "
+                               f"rows for the chosen epoch count and publish that model (true); {FROM_FILE}")
     oos_threshold: Literal["auto", "off"] | float | None = Field(
         None, description=f"Confidence below which the answer is unknown: auto (calibrated), off, or 0-1; {FROM_FILE}")
     unknown_label: str | None = Field(None, min_length=1, max_length=200, description=f"Label of out-of-scope "
@@ -91,7 +94,7 @@ class RetrainParameters(BaseModel):
     def settings(self) -> Any:
         train_keys = ("epochs", "lr", "batch_size", "hidden_size", "hidden_layers", "dropout", "weight_decay",
                       "patience", "seed", "device", "label_smoothing", "featurizer", "char_ngrams", "embedding_model",
-                      "finetune_epochs", "oos_threshold", "unknown_label")
+                      "finetune_epochs", "refit", "oos_threshold", "unknown_label")
         return load_settings(self.config).with_overrides(
             prepare={"augment_factor": self.augment_factor, "seed": self.seed},
             train={key: getattr(self, key) for key in train_keys},
@@ -188,7 +191,14 @@ def _retrain(params: RetrainParameters, logger: Any) -> State:
                                   production_name, extra_training={"incremental_attempt": rejected})
         chosen = fallback
     payload, evaluation, decision = attempt.payload, attempt.evaluation, attempt.decision
-    notes = release_notes(payload, production_payload, production_name, mode=f"{chosen.mode} ({chosen.reason})")
+    mode = f"{chosen.mode} ({chosen.reason})"
+    refit = (payload.get("training") or {}).get("refit")
+    if refit:
+        mode += (f"; then refit on all {refit['rows']} rows for {refit['epochs']} epochs, the validation accuracy "
+                 "being the held-out model's" if refit["published"] else
+                 "; the refit on all rows scored below the held-out model on its own rows, so the held-out model "
+                 "is published")
+    notes = release_notes(payload, production_payload, production_name, mode=mode)
     run = {"flow_run_id": str(flow_run.id), "flow_run_name": flow_run.name, "changed_paths": params.changed_paths}
     publication = publish_version(params.registry, payload, evaluation, decision, notes, run,
                                   onnx=settings.publish.onnx)
@@ -233,8 +243,41 @@ def _train_and_gate(chosen: ModeDecision, outcome_set: OutcomeSet, split: Split,
     evaluation = evaluate_model(candidate, val_texts, val_labels)
     decision = gate_candidate(evaluation.accuracy, trained.labels, val_texts, val_labels, settings.gate,
                               production, production_name, candidate=candidate,
-                              val_originals=[row.original for row in split.val])
+                              val_originals=[row.original for row in split.val],
+                              candidate_trained_on=payload["train_originals"])
+    if chosen.mode == "full" and settings.train.refit and decision.promote and split.val:
+        payload = _refit(trained, split, evaluation, payload, outcome_set, settings, training)
     return _Attempt(payload, evaluation, decision, training)
+
+
+def _refit(held_out: TrainedModel, split: Split, evaluation: Evaluation, payload: dict[str, Any],
+           outcome_set: OutcomeSet, settings: Settings, training: dict[str, Any]) -> dict[str, Any]:
+    """The payload of the model refit on every row, or ``payload`` (the held-out model's) if the refit is worse.
+
+    The gate judged the held-out model; the refit trains the same way on the validation rows too. It must score at
+    least as well as the held-out model on those rows (it has learnt them), or something went wrong and the
+    held-out model is published instead. Either way ``training["refit"]`` says what happened.
+    """
+    logger = get_run_logger()
+    refitted = refit_model(held_out, split)
+    val_texts, val_labels = [row.text for row in split.val], [row.label for row in split.val]
+    refit_payload = build_payload(refitted, outcome_hash=outcome_set.content_hash,
+                                  prepare=settings.prepare.model_dump(), val_texts=val_texts, val_labels=val_labels,
+                                  val_originals=[row.original for row in split.val],
+                                  train_originals=[row.original for row in [*split.train, *split.val]],
+                                  extra={OUTCOMES_KEY: outcome_record(outcome_set), "training": training})
+    check = evaluate_model(Classifier(*build_model(refit_payload), payload=refit_payload, encoder=refitted.encoder),
+                           val_texts, val_labels)
+    training["refit"] = {**(refitted.refit or {}), "val_accuracy_trained_on": check.accuracy}
+    if check.accuracy < evaluation.accuracy:
+        training["refit"]["published"] = False
+        logger.warning("the refit model scores %.4f on the validation rows it trained on, below the held-out "
+                       "model's %.4f; publishing the held-out model", check.accuracy, evaluation.accuracy)
+        return payload
+    training["refit"]["published"] = True
+    logger.info("publishing the model refit on all %d rows for %d epochs (the gate judged the held-out model)",
+                len(split.train) + len(split.val), training["refit"]["epochs"])
+    return refit_payload
 
 
 def _versions_table(registry: Registry) -> None:

@@ -42,12 +42,18 @@ TRAIN_FLAGS = {
                       "confidence below which the answer is the unknown label: auto = calibrated on validation "
                       "for embeddings, off for bow; off; or a number from 0 to 1 (default auto)"),
     "unknown_label": (str, "label of out-of-scope answers (default unknown)"),
+    "refit": (bool, "once the held-out run has chosen the epoch count (and, in retrain, passed the gate), train "
+                    "again on the training and validation rows and keep that model (default on)"),
 }
 
 
 def _add_flags(parser: argparse.ArgumentParser, flags: dict[str, tuple[Any, str]]) -> None:
     for name, (kind, help_text) in flags.items():
-        parser.add_argument("--" + name.replace("_", "-"), dest=name, type=kind, default=None, help=help_text)
+        if kind is bool:
+            parser.add_argument("--" + name.replace("_", "-"), dest=name, action=argparse.BooleanOptionalAction,
+                                default=None, help=help_text)
+        else:
+            parser.add_argument("--" + name.replace("_", "-"), dest=name, type=kind, default=None, help=help_text)
 
 
 def _add_config(parser: argparse.ArgumentParser) -> None:
@@ -109,6 +115,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     metrics = payload["metrics"]
     print(f"wrote {args.checkpoint}: validation accuracy {_pct(metrics['val_accuracy'])}, "
           f"best epoch {metrics['best_epoch']} of {metrics['epochs_run']} run on {metrics['device']}")
+    if metrics.get("refit"):
+        print(f"then refit on all {metrics['refit']['rows']} rows for {metrics['refit']['epochs']} epochs; the "
+              "accuracy above is the held-out run's")
     return 0
 
 
@@ -125,6 +134,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         recorded = classifier.payload.get("validation", {})
         texts, labels = list(recorded.get("text", [])), list(recorded.get("label", []))
         source = "the validation set recorded in the checkpoint"
+        if classifier.payload.get("metrics", {}).get("refit"):
+            source += (" (this model was refit on it, so this is not held-out accuracy; the held-out run scored "
+                       f"{_pct(classifier.payload['metrics'].get('val_accuracy'))})")
         if not texts:
             raise IntentflowError("the checkpoint records no validation set (fix: pass --data FILE.jsonl)")
     evaluation = evaluate_model(classifier, texts, labels,

@@ -48,6 +48,8 @@ class TrainConfig(_Strict):
     finetune_epochs: int = Field(2, ge=0, le=1000, description="Contrastive fine-tuning epochs of the encoder; "
                                  "0 keeps it frozen")
     finetune_lr: float = Field(2e-5, gt=0.0, le=1.0, description="Learning rate of encoder fine-tuning")
+    refit: bool = Field(True, description="After the gate passes, train again on the training and validation rows "
+                        "for the chosen epoch count, and publish that model")
     oos_threshold: Literal["auto", "off"] | float = Field(
         "auto", description="Confidence below which a prediction is the unknown label; auto calibrates it on "
         "validation for embeddings (off for bag-of-words), off never answers unknown")

@@ -31,15 +31,19 @@ class GateDecision:
 def gate_candidate(candidate_accuracy: float, candidate_labels: list[str], val_texts: list[str],
                    val_labels: list[str], config: GateConfig, production: Classifier | None = None,
                    production_version: str | None = None, *, candidate: Classifier | None = None,
-                   val_originals: list[str] | None = None) -> GateDecision:
+                   val_originals: list[str] | None = None,
+                   candidate_trained_on: list[str] | None = None) -> GateDecision:
     """Decide on promotion.
 
     Production is compared only when it knows the same label set, and only on validation sentences derived
-    from originals it did not train on (``val_originals``), with the candidate scored on the same ones.
+    from originals (``val_originals``) it did not train on, with the candidate scored on the same ones. Originals
+    the candidate trained on too (``candidate_trained_on``: an incremental candidate inherits production's) stay
+    in: both were trained on them, so the comparison asks whether the candidate forgot them.
     """
     production_accuracy = compared_accuracy = compared_samples = None
     if production is not None and set(production.labels) == set(candidate_labels) and val_texts:
         trained_on = {normalise_text(text) for text in getattr(production, "payload", {}).get("train_originals", [])}
+        trained_on -= {normalise_text(text) for text in candidate_trained_on or []}
         keep = [index for index in range(len(val_texts))
                 if val_originals is None or normalise_text(val_originals[index]) not in trained_on]
         if keep:

@@ -68,9 +68,10 @@ def choose_mode(requested: str, outcomes: OutcomeSet, config: dict[str, Any], pr
     ``production`` is production's checkpoint payload (None without one). ``auto`` is ``incremental`` only when
     production has the same outcomes, synonyms and config, every original it knew is still there under the same
     outcome, at least one original is new and on the training side of ``split``, no original production trained on
-    is in validation, and the run is not scheduled (``scheduled``: the monthly run is always full); otherwise
-    ``full``. ``full`` and ``incremental`` force the mode; ``incremental`` is refused (``IntentflowError``) when it
-    cannot be done: no production, other outcomes, another network size, or nothing new to train on.
+    is in validation (a refit production's own validation originals excepted: they stay validation), and the run
+    is not scheduled (``scheduled``: the monthly run is always full); otherwise ``full``. ``full`` and
+    ``incremental`` force the mode; ``incremental`` is refused (``IntentflowError``) when it cannot be done: no
+    production, other outcomes, another network size, or nothing new to train on.
     """
     if requested not in MODES:
         raise IntentflowError(f"mode {requested!r} is not one of {', '.join(MODES)}")
@@ -92,9 +93,11 @@ def choose_mode(requested: str, outcomes: OutcomeSet, config: dict[str, Any], pr
     reason = blocker or _auto_reason(outcomes, config, production, new, unseen, split)
     if reason is not None:
         return ModeDecision("full", requested, reason, scheduled)
+    refit = ("; production was refit on its validation rows, so validation checks that the candidate keeps them"
+             if _refit(production) else "")
     return ModeDecision("incremental", requested, f"only examples or teach hints were added "
-                        f"({_count(len(new), 'new original')}: {_sample(new)}) and production has the same outcomes",
-                        scheduled, len(new))
+                        f"({_count(len(new), 'new original')}: {_sample(new)}) and production has the same "
+                        f"outcomes{refit}", scheduled, len(new))
 
 
 def select_incremental_rows(train: Sequence[Row], production: dict[str, Any], replay_ratio: float,
@@ -167,11 +170,21 @@ def _auto_reason(outcomes: OutcomeSet, config: dict[str, Any], production: dict[
         return (f"every new original landed in validation ({_sample(new)}), so an incremental run would have "
                 "nothing new to train on")
     trained_on = {normalise_text(text) for text in production.get("train_originals", [])}
+    if _refit(production):
+        # A refit production learnt its own validation originals too; they stay validation, and the gate then
+        # checks that the candidate has not forgotten them. Only originals it learnt as training rows count here.
+        trained_on -= {normalise_text(text) for text in (production.get("validation") or {}).get("original", [])}
     seen = sorted({row.original for row in split.val if normalise_text(row.original) in trained_on})
     if seen:
         return (f"the split moved {_count(len(seen), 'original')} production trained on into validation "
                 f"({_sample(seen)}): starting from production would score it on sentences it learnt")
     return None
+
+
+def _refit(production: dict[str, Any]) -> bool:
+    """Whether production is a model refit on its validation rows after the gate (``[train] refit``)."""
+    metrics = production.get("metrics")
+    return isinstance(metrics, dict) and bool(metrics.get("refit"))
 
 
 def _unseen_training(split: Split, production: dict[str, Any]) -> list[str]:

@@ -67,6 +67,9 @@ class TrainedModel:
     encoder: SentenceEncoder | None = None
     # Confidence below which predictions are the unknown label; None: never.
     oos_threshold: float | None = None
+    # Set on a model refit on every row (``refit``): how, and on how much. ``history`` and ``best_epoch`` are then
+    # the held-out run's, which chose the epoch count and was validated.
+    refit: dict[str, Any] | None = None
 
     def inputs(self, texts: Sequence[str]) -> list[torch.Tensor]:
         """The network's input tensors for ``texts``: index bags and weights, or sentence vectors."""
@@ -87,6 +90,7 @@ class TrainedModel:
             "val_accuracy": best.val_accuracy if best else None,
             "device": self.device,
             "oos_threshold": self.oos_threshold,
+            "refit": self.refit,
         }
 
 
@@ -121,6 +125,14 @@ def train_model(
     if config.oos_threshold != "off" and config.unknown_label in labels:
         raise IntentflowError(f"an outcome is named {config.unknown_label!r}, the label of out-of-scope predictions "
                               "(fix: rename the outcome, or set [train] unknown_label to another name)")
+    result = _new_model(train_texts, train_labels, labels, config)
+    return _fit(result, train_texts, train_labels, val_texts, val_labels, epochs=config.epochs, lr=config.lr,
+                on_epoch=on_epoch, val_is_original=val_is_original)
+
+
+def _new_model(train_texts: Sequence[str], train_labels: Sequence[str], labels: list[str],
+               config: TrainConfig) -> TrainedModel:
+    """Random weights, and the features of ``train_texts``: their vocabulary, or an encoder (fine-tuned on them)."""
     device = resolve_device(config.device)
     torch.manual_seed(config.seed)
     if config.featurizer == "embeddings":
@@ -135,9 +147,7 @@ def train_model(
         encoder = None
         vocab = build_vocabulary(train_texts, word_ngrams=WORD_NGRAMS, char_ngrams=config.char_ngrams)
         model = IntentMLP(len(vocab), len(labels), config.hidden_size, config.hidden_layers, config.dropout)
-    result = TrainedModel(model=model, vocab=vocab, labels=labels, config=config, device=str(device), encoder=encoder)
-    return _fit(result, train_texts, train_labels, val_texts, val_labels, epochs=config.epochs, lr=config.lr,
-                on_epoch=on_epoch, val_is_original=val_is_original)
+    return TrainedModel(model=model, vocab=vocab, labels=labels, config=config, device=str(device), encoder=encoder)
 
 
 def train_split(split: Split, config: TrainConfig,
@@ -146,6 +156,31 @@ def train_split(split: Split, config: TrainConfig,
     return train_model([row.text for row in split.train], [row.label for row in split.train],
                        [row.text for row in split.val], [row.label for row in split.val], config,
                        on_epoch=on_epoch, val_is_original=[not row.synthetic for row in split.val])
+
+
+def refit_model(held_out: TrainedModel, split: Split,
+          on_epoch: Callable[[EpochStats, int], None] | None = None) -> TrainedModel:
+    """Train again from scratch on the training and the validation rows, for the held-out run's best epoch count.
+
+    ``held_out`` (trained on ``split.train``, validated on ``split.val``) chose the epoch count, was scored and
+    passed the gate; this model is what gets published: it also learnt the validation originals, which in a few-shot
+    set are a tenth of what there is to learn. Same seed, same settings; every epoch runs and the last is kept.
+    The out-of-scope threshold is the held-out run's, calibrated on sentences that model never saw.
+    """
+    rows = [*split.train, *split.val]
+    texts, targets = [row.text for row in rows], [row.label for row in rows]
+    epochs = max(held_out.best_epoch, 1)
+    result = _new_model(texts, targets, held_out.labels, held_out.config)
+    _fit(result, texts, targets, [], [], epochs=epochs, lr=held_out.config.lr, on_epoch=on_epoch, keep_best=False,
+         calibrate=False)
+    last = result.history[-1]
+    result.refit = {"epochs": epochs, "rows": len(rows), "originals": len({row.original for row in rows}),
+                    "train_loss": last.train_loss, "train_accuracy": last.train_accuracy}
+    result.history, result.best_epoch = list(held_out.history), held_out.best_epoch
+    result.stopped_early, result.oos_threshold = held_out.stopped_early, held_out.oos_threshold
+    logger.info("refit on all %d rows (%d originals) for %d epochs, the held-out run's best", len(rows),
+                result.refit["originals"], epochs)
+    return result
 
 
 def continue_training(
@@ -279,13 +314,15 @@ def _fit(result: TrainedModel, train_texts: Sequence[str], train_labels: Sequenc
          val_labels: Sequence[str], *, epochs: int, lr: float,
          on_epoch: Callable[[EpochStats, int], None] | None, keep_best: bool = True,
          val_is_original: Sequence[bool] | None = None, learn_rows_from: int | None = None,
-         row_weights: Sequence[float] | None = None, total_epochs: int | None = None) -> TrainedModel:
+         row_weights: Sequence[float] | None = None, total_epochs: int | None = None,
+         calibrate: bool = True) -> TrainedModel:
     """The loop both kinds of training share: epochs of shuffled batches, validate, stop early, keep the best.
 
     With ``keep_best`` off, every epoch runs and the last one is kept. Epochs are appended to ``result.history``
     (``total_epochs``: how many all calls will run, for ``on_epoch``). ``learn_rows_from``: only the first layer's
     rows from this index on learn, without weight decay; every other weight stays as it is. ``row_weights``: the
-    loss weight of each training row (None: all equal).
+    loss weight of each training row (None: all equal). ``calibrate`` off leaves ``result.oos_threshold`` alone
+    (a refit takes its held-out run's).
     """
     model, config = result.model, result.config
     device = torch.device(result.device)
@@ -298,7 +335,7 @@ def _fit(result: TrainedModel, train_texts: Sequence[str], train_labels: Sequenc
     if has_val:
         val_x = [tensor.to(device) for tensor in result.inputs(val_texts)]
         val_y = torch.tensor([label_index[label] for label in val_labels], device=device)
-    else:
+    elif keep_best:
         logger.warning("no validation rows: early stopping is off; the epoch with the lowest training loss is kept")
 
     weights = torch.tensor(row_weights, device=device) if row_weights is not None else None
@@ -381,7 +418,8 @@ def _fit(result: TrainedModel, train_texts: Sequence[str], train_labels: Sequenc
     if has_val and val_is_original is not None and any(val_is_original):
         keep = torch.tensor(list(val_is_original), device=device)
         val_x, val_y = [tensor[keep] for tensor in val_x], val_y[keep]
-    result.oos_threshold = _oos_threshold(result, val_x if has_val else None, val_y if has_val else None)
+    if calibrate:
+        result.oos_threshold = _oos_threshold(result, val_x if has_val else None, val_y if has_val else None)
     return result
 
 

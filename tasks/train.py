@@ -25,6 +25,15 @@ def train_model(data: Split, config: TrainConfig) -> TrainedModel:
     return trained
 
 
+@task(name="refit_model", cache_policy=NO_CACHE)
+def refit_model(held_out: TrainedModel, data: Split) -> TrainedModel:
+    """Train again on the training and validation rows for the held-out run's best epoch count (see ``train.refit``)."""
+    progress_id, on_epoch = _progress("Refit on every row, for the epoch count the held-out run chose")
+    trained = train.refit_model(held_out, data, on_epoch=on_epoch)
+    update_progress_artifact(progress_id, progress=100.0)
+    return trained
+
+
 @task(name="continue_training", cache_policy=NO_CACHE)
 def continue_training(production: dict[str, Any], new_train: tuple[Row, ...], replay_train: tuple[Row, ...],
                       val: tuple[Row, ...], config: TrainConfig, incremental: IncrementalConfig,

@@ -103,6 +103,11 @@ def test_train_writes_checkpoint_and_metrics(workspace):
     assert metrics["checkpoint"] == "model.pt"
     assert workspace.train_out.startswith("wrote model.pt: validation accuracy ")
     assert f"best epoch {metrics['best_epoch']} of {metrics['epochs_run']} run on cpu" in workspace.train_out
+    # Refit (the default): trained again on every row for the best epoch count, the history the held-out run's.
+    rows = len(read_jsonl(workspace.data / "train.jsonl")) + len(read_jsonl(workspace.data / "val.jsonl"))
+    assert metrics["refit"]["rows"] == rows and metrics["refit"]["epochs"] == metrics["best_epoch"]
+    assert f"then refit on all {rows} rows for {metrics['best_epoch']} epochs" in workspace.train_out
+    assert set(payload["train_originals"]) >= set(payload["validation"]["original"])
 
 
 def test_evaluate_recorded_validation_set(workspace, capsys):
@@ -111,7 +116,9 @@ def test_evaluate_recorded_validation_set(workspace, capsys):
     out = capsys.readouterr().out
     val = read_jsonl(workspace.data / "val.jsonl")
     assert code == 0
-    assert out.startswith("data: the validation set recorded in the checkpoint\naccuracy: ")
+    # The model was refit on those rows, and evaluate says so.
+    assert out.startswith("data: the validation set recorded in the checkpoint (this model was refit on it, so this "
+                          "is not held-out accuracy; the held-out run scored ")
     assert f"samples: {len(val)}" in out
     for label in TOY:
         assert f"\n{label} " in out

@@ -136,7 +136,9 @@ def test_cli_help_states_the_real_defaults():
         stated = re.search(r"\((?:playbook:|default) ([^)]+)\)", help_text)
         assert stated, f"--{name} help states no default"
         expected = defaults[name]
-        if isinstance(expected, str):
+        if isinstance(expected, bool):
+            assert stated.group(1) == ("on" if expected else "off"), name
+        elif isinstance(expected, str):
             assert stated.group(1) == (expected or "empty"), name
         else:
             assert float(stated.group(1)) == expected, name

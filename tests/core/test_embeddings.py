@@ -15,7 +15,7 @@ from intentflow.errors import IntentflowError
 from intentflow.inference import Classifier
 from intentflow.onnx_export import export_payload
 from intentflow.split import Split
-from intentflow.train import train_model
+from intentflow.train import refit_model, train_model
 
 from .helpers import TOY, tiny_train_config
 
@@ -176,3 +176,23 @@ def test_a_serving_classifier_keeps_no_vectors_between_calls(embedded, tmp_path,
     assert calls == [["do I need an umbrella", "play jazz"], ["do I need an umbrella"]]
     assert first[0] == first[1]
     assert classifier.encoder._vectors == {} and not list(tmp_path.iterdir())
+
+
+def test_an_embeddings_refit_tunes_its_encoder_on_every_row_and_keeps_the_held_out_threshold(tmp_path, monkeypatch):
+    monkeypatch.setenv("INTENTFLOW_CACHE_DIR", str(tmp_path))
+    texts, labels = toy_texts()
+    rows = [Row(text, label, text, False) for text, label in zip(texts, labels, strict=True)]
+    held_out_texts = {outcome["examples"][-1] for outcome in TOY.values()}
+    split = Split(tuple(row for row in rows if row.text not in held_out_texts),
+                  tuple(row for row in rows if row.text in held_out_texts))
+    config = embedding_config(oos_threshold="auto", patience=5)
+    held_out = train_model([r.text for r in split.train], [r.label for r in split.train],
+                           [r.text for r in split.val], [r.label for r in split.val], config,
+                           val_is_original=[True] * len(split.val))
+
+    refitted = refit_model(held_out, split)
+
+    assert held_out.oos_threshold is not None and refitted.oos_threshold == held_out.oos_threshold
+    assert refitted.encoder is not held_out.encoder and refitted.encoder.tuned
+    assert refitted.refit["rows"] == len(rows) and refitted.refit["epochs"] == held_out.best_epoch
+    assert [p.label for p in Classifier.from_trained(refitted).predict_batch(texts)] == labels

@@ -157,3 +157,19 @@ def test_no_comparison_when_production_trained_on_every_validation_original() ->
                               "intent_model_v2026-10", val_originals=[f"original {index}" for index in range(10)])
     assert decision.production_accuracy is None and decision.compared_samples is None
     assert decision.promote is True
+
+
+def test_originals_both_trained_on_are_compared_so_forgetting_them_is_caught() -> None:
+    # Production (refit) trained on every validation original; the candidate started from its weights and so
+    # trained on them too. Both are scored on all ten: production keeps them all, the candidate forgot four.
+    production = Production(correct=10)
+    production.payload = {"train_originals": [f"original {index}" for index in range(10)]}
+    originals = [f"original {index}" for index in range(10)]
+    decision = gate_candidate(0.6, LABELS, TEXTS, TRUTH, GateConfig(threshold=0.5, tolerance=0.01), production,
+                              "intent_model_v2026-10", candidate=Candidate(set(range(6))), val_originals=originals,
+                              candidate_trained_on=[*originals, "a new original"])
+    assert decision.compared_samples == 10
+    assert decision.production_accuracy == 1.0
+    assert decision.candidate_compared_accuracy == 0.6
+    assert decision.promote is False
+    assert "worse than production intent_model_v2026-10 re-scored on the same 10" in decision.reason

@@ -9,9 +9,11 @@ import torch.nn.functional as F
 from intentflow.config import PrepareConfig
 from intentflow.dataset import prepare_data
 from intentflow.errors import IntentflowError
+from intentflow.features import tokenize
 from intentflow.inference import Classifier
 from intentflow.outcomes import load_outcomes
-from intentflow.train import train_model
+from intentflow.split import Split
+from intentflow.train import refit_model, train_model
 
 from .helpers import TOY, tiny_train_config
 
@@ -97,7 +99,7 @@ def test_early_stopping_restores_the_best_epoch(toy_rows):
     assert trained.metrics == {
         "best_epoch": trained.best_epoch, "epochs_run": len(trained.history), "stopped_early": True,
         "train_loss": best.train_loss, "train_accuracy": best.train_accuracy, "val_loss": best.val_loss,
-        "val_accuracy": best.val_accuracy, "device": "cpu", "oos_threshold": None,
+        "val_accuracy": best.val_accuracy, "device": "cpu", "oos_threshold": None, "refit": None,
     }
 
 
@@ -161,3 +163,32 @@ def test_character_ngrams_learn_misspellings_and_survive_a_reload(toy_rows, tmp_
     loaded = Classifier.load(path)
     assert loaded.vocab.char_ngrams == 5
     assert torch.equal(loaded.probabilities(list(probes)), in_memory.probabilities(list(probes)))
+
+
+def test_refit_learns_the_validation_originals_for_the_held_out_runs_epoch_count(toy_rows):
+    split = Split(toy_rows.train, toy_rows.val)
+    config = tiny_train_config(epochs=60, oos_threshold=0.3)
+    held_out = train_model(*texts_labels(split.train), *texts_labels(split.val), config)
+    val_only = {word for row in split.val for word in tokenize(row.text)} - set(held_out.vocab.features)
+    assert val_only, "the toy split should put some words in validation only"
+
+    held_out.best_epoch = 25  # as if validation had picked epoch 25 of the 60 run
+    epochs_seen: list[int] = []
+
+    refitted = refit_model(held_out, split, on_epoch=lambda stats, total: epochs_seen.append(stats.epoch))
+    again = refit_model(held_out, split)
+
+    assert epochs_seen == list(range(1, 26))
+    rows = len(split.train) + len(split.val)
+    assert refitted.refit["epochs"] == held_out.best_epoch and refitted.refit["rows"] == rows
+    assert refitted.refit["originals"] == len({row.original for row in [*split.train, *split.val]})
+    # It reports the held-out run, which chose the epoch count and was validated; its own figures are under refit.
+    assert refitted.history == held_out.history and refitted.best_epoch == held_out.best_epoch
+    assert refitted.metrics == {**held_out.metrics, "refit": refitted.refit}
+    assert refitted.oos_threshold == 0.3
+    # It learnt the validation rows: their words are features, and it answers them as their outcomes.
+    assert val_only <= set(refitted.vocab.features)
+    texts, labels = texts_labels(split.val)
+    assert [p.label for p in Classifier.from_trained(refitted).predict_batch(texts)] == labels
+    for name, value in refitted.model.state_dict().items():
+        assert torch.equal(value, again.model.state_dict()[name]), name

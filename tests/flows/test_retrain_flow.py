@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 import torch
 from flow_helpers import read_artifacts, table_rows
+from prefect import task
 
 from flows.retrain import (
     CHECKPOINT_ARTIFACT_KEY,
@@ -22,6 +23,7 @@ from flows.retrain import (
 )
 from intentflow.cli import main
 from intentflow.registry import Registry
+from tasks.train import refit_model
 
 pytestmark = pytest.mark.usefixtures("harness")
 
@@ -125,14 +127,15 @@ def test_an_added_example_is_compared_only_on_sentences_production_never_saw(
     assert state.is_completed(), state.message
     candidate = registry.versions()[-1]
     gate = candidate.info["gate"]
-    validation = torch.load(candidate.checkpoint, weights_only=True)["validation"]
-    unseen = [original for original in validation["original"] if original not in trained_on]
-    # Production is re-scored only on the candidate's validation sentences whose originals it never trained on.
-    if unseen:
-        assert gate["compared_samples"] == len(unseen)
-        assert f"on the same {len(unseen)} sentences" in gate["reason"]
-    else:
-        assert gate["production_accuracy"] is None and gate["compared_samples"] is None
+    payload = torch.load(candidate.checkpoint, weights_only=True)
+    both = trained_on & set(payload["train_originals"])
+    compared = [original for original in payload["validation"]["original"]
+                if original not in trained_on or original in both]
+    # Production is re-scored only on the candidate's validation sentences whose originals it never trained on,
+    # or that the candidate trained on too (an incremental candidate starts from what production learnt).
+    assert compared
+    assert gate["compared_samples"] == len(compared)
+    assert f"on the same {len(compared)} sentences" in gate["reason"]
 
 
 def test_gate_rejection_keeps_production(make_params: Callable[..., RetrainParameters]) -> None:
@@ -159,6 +162,69 @@ def test_gate_rejection_keeps_production(make_params: Callable[..., RetrainParam
     assert (Path(params.registry) / "production.json").read_bytes() == pointer
     assert digest(registry.production().checkpoint) == checkpoint
     assert [event["action"] for event in registry.history()] == ["promote"]
+    # A rejected candidate is not refit: there is nothing to publish.
+    assert "refit" not in rejected.info["training"]
+    assert torch.load(rejected.checkpoint, weights_only=True)["metrics"]["refit"] is None
+
+
+def test_a_promoted_run_publishes_the_model_refit_on_every_row(make_params: Callable[..., RetrainParameters],
+                                                                tmp_path: Path) -> None:
+    refit = make_params()
+    held_out = make_params(refit=False, registry=str(tmp_path / "held-out"))
+
+    assert retrain(refit, return_state=True).is_completed()
+    assert retrain(held_out, return_state=True).is_completed()
+
+    version, plain = Registry(refit.registry).production(), Registry(held_out.registry).production()
+    payload = torch.load(version.checkpoint, weights_only=True)
+    plain_payload = torch.load(plain.checkpoint, weights_only=True)
+    validation = set(payload["validation"]["original"])
+    # Both runs split, trained and gated the same held-out model; only the refit one trained again.
+    assert version.info["gate"] == {**plain.info["gate"], "production_version": None}
+    assert version.info["val_accuracy"] == plain.info["val_accuracy"]
+    assert payload["history"] == plain_payload["history"]
+    record = version.info["training"]["refit"]
+    assert record["published"] is True and record["epochs"] == plain.info["best_epoch"]
+    assert record["originals"] == len(set(payload["train_originals"]))
+    assert record["val_accuracy_trained_on"] >= version.info["val_accuracy"]
+    assert payload["metrics"]["refit"]["rows"] == record["rows"]
+    # It learnt the validation originals, and says so, so a later gate does not score it on them.
+    assert validation <= set(payload["train_originals"])
+    assert not validation & set(plain_payload["train_originals"])
+    assert "refit" not in plain.info["training"] and plain_payload["metrics"]["refit"] is None
+    assert not all(torch.equal(payload["state_dict"][name], value) for name, value in
+                   plain_payload["state_dict"].items() if name in payload["state_dict"])
+    notes = (version.path / "release_notes.md").read_text(encoding="utf-8")
+    assert f"then refit on all {record['rows']} rows for {record['epochs']} epochs" in notes
+
+
+def test_a_refit_that_scores_below_the_held_out_model_is_not_published(
+        make_params: Callable[..., RetrainParameters], monkeypatch: pytest.MonkeyPatch) -> None:
+    import flows.retrain
+    from intentflow.train import TrainedModel
+
+    @task(name="refit_model")
+    def broken_refit(held_out: TrainedModel, data: Any) -> TrainedModel:
+        refitted = refit_model.fn(held_out, data)
+        with torch.no_grad():
+            refitted.model.output.weight.zero_()
+            refitted.model.output.bias.copy_(torch.arange(len(refitted.labels), dtype=torch.float32))
+        return refitted
+
+    monkeypatch.setattr(flows.retrain, "refit_model", broken_refit)
+    params = make_params()
+
+    state = retrain(params, return_state=True)
+
+    assert state.is_completed(), state.message
+    version = Registry(params.registry).production()
+    payload = torch.load(version.checkpoint, weights_only=True)
+    record = version.info["training"]["refit"]
+    assert record["published"] is False and record["val_accuracy_trained_on"] < version.info["val_accuracy"]
+    assert payload["metrics"]["refit"] is None
+    assert not set(payload["validation"]["original"]) & set(payload["train_originals"])
+    notes = (version.path / "release_notes.md").read_text(encoding="utf-8")
+    assert "the refit on all rows scored below the held-out model on its own rows" in notes
 
 
 def test_threshold_beyond_its_limit_is_refused_before_training(tmp_path: Path, outcomes_folder: Path,
@@ -299,15 +365,20 @@ def test_predict_and_evaluate_accept_a_registry_folder(registry_copy: Path, caps
     predictions = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [item["label"] for item in predictions] == ["check_weather", "set_alarm"]
 
+    # Without --data, evaluate scores the recorded validation rows: the refit production trained on them, and the
+    # figure is the one the flow checked the refit against.
     assert main(["evaluate", "--checkpoint", str(registry_copy), "--json"]) == 0
     evaluation = json.loads(capsys.readouterr().out)
-    assert evaluation["accuracy"] == pytest.approx(registry.production().info["val_accuracy"])
+    refit = registry.production().info["training"]["refit"]
+    assert evaluation["accuracy"] == pytest.approx(refit["val_accuracy_trained_on"])
+    assert "this model was refit on it" in evaluation["data"]
 
     # The folder means production: after a rollback it serves the earlier version.
     registry.rollback()
     assert main(["evaluate", "--checkpoint", str(registry_copy), "--json"]) == 0
     evaluation = json.loads(capsys.readouterr().out)
-    assert evaluation["accuracy"] == pytest.approx(registry.versions()[0].info["val_accuracy"])
+    refit = registry.versions()[0].info["training"]["refit"]
+    assert evaluation["accuracy"] == pytest.approx(refit["val_accuracy_trained_on"])
 
 
 def test_predict_on_a_registry_without_production_explains(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
