@@ -159,7 +159,7 @@ def train_split(split: Split, config: TrainConfig,
 
 
 def refit_model(held_out: TrainedModel, split: Split,
-          on_epoch: Callable[[EpochStats, int], None] | None = None) -> TrainedModel:
+                on_epoch: Callable[[EpochStats, int], None] | None = None) -> TrainedModel:
     """Train again from scratch on the training and the validation rows, for the held-out run's best epoch count.
 
     ``held_out`` (trained on ``split.train``, validated on ``split.val``) chose the epoch count, was scored and
