@@ -233,13 +233,7 @@ def _train_and_gate(chosen: ModeDecision, outcome_set: OutcomeSet, split: Split,
     trained, training = mode_training.trained, {**mode_training.record, **(extra_training or {})}
     val_texts = [row.text for row in split.val]
     val_labels = [row.label for row in split.val]
-    payload = build_payload(trained, outcome_hash=outcome_set.content_hash, prepare=settings.prepare.model_dump(),
-                            val_texts=val_texts, val_labels=val_labels,
-                            val_originals=[row.original for row in split.val],
-                            train_originals=mode_training.train_originals,
-                            extra={OUTCOMES_KEY: outcome_record(outcome_set), "training": training})
-    # The encoder of an embeddings model is the one just trained with, not a second copy loaded from the payload.
-    candidate = Classifier(*build_model(payload), payload=payload, encoder=trained.encoder)
+    payload, candidate = _version(trained, split, outcome_set, settings, mode_training.train_originals, training)
     evaluation = evaluate_model(candidate, val_texts, val_labels)
     decision = gate_candidate(evaluation.accuracy, trained.labels, val_texts, val_labels, settings.gate,
                               production, production_name, candidate=candidate,
@@ -248,6 +242,17 @@ def _train_and_gate(chosen: ModeDecision, outcome_set: OutcomeSet, split: Split,
     if chosen.mode == "full" and settings.train.refit and decision.promote and split.val:
         payload = _refit(trained, split, evaluation, payload, outcome_set, settings, training)
     return _Attempt(payload, evaluation, decision, training)
+
+
+def _version(trained: TrainedModel, split: Split, outcome_set: OutcomeSet, settings: Settings,
+             train_originals: list[str], training: dict[str, Any]) -> tuple[dict[str, Any], Classifier]:
+    """The payload a version of ``trained`` is published as, and a classifier of it to evaluate."""
+    payload = build_payload(trained, outcome_hash=outcome_set.content_hash, prepare=settings.prepare.model_dump(),
+                            val_texts=[row.text for row in split.val], val_labels=[row.label for row in split.val],
+                            val_originals=[row.original for row in split.val], train_originals=train_originals,
+                            extra={OUTCOMES_KEY: outcome_record(outcome_set), "training": training})
+    # The encoder of an embeddings model is the one just trained with, not a second copy loaded from the payload.
+    return payload, Classifier(*build_model(payload), payload=payload, encoder=trained.encoder)
 
 
 def _refit(held_out: TrainedModel, split: Split, evaluation: Evaluation, payload: dict[str, Any],
@@ -260,14 +265,9 @@ def _refit(held_out: TrainedModel, split: Split, evaluation: Evaluation, payload
     """
     logger = get_run_logger()
     refitted = refit_model(held_out, split)
-    val_texts, val_labels = [row.text for row in split.val], [row.label for row in split.val]
-    refit_payload = build_payload(refitted, outcome_hash=outcome_set.content_hash,
-                                  prepare=settings.prepare.model_dump(), val_texts=val_texts, val_labels=val_labels,
-                                  val_originals=[row.original for row in split.val],
-                                  train_originals=[row.original for row in [*split.train, *split.val]],
-                                  extra={OUTCOMES_KEY: outcome_record(outcome_set), "training": training})
-    check = evaluate_model(Classifier(*build_model(refit_payload), payload=refit_payload, encoder=refitted.encoder),
-                           val_texts, val_labels)
+    refit_payload, refit_classifier = _version(refitted, split, outcome_set, settings,
+                                               [row.original for row in [*split.train, *split.val]], training)
+    check = evaluate_model(refit_classifier, [row.text for row in split.val], [row.label for row in split.val])
     training["refit"] = {**(refitted.refit or {}), "val_accuracy_trained_on": check.accuracy}
     if check.accuracy < evaluation.accuracy:
         training["refit"]["published"] = False
@@ -276,7 +276,7 @@ def _refit(held_out: TrainedModel, split: Split, evaluation: Evaluation, payload
         return payload
     training["refit"]["published"] = True
     logger.info("publishing the model refit on all %d rows for %d epochs (the gate judged the held-out model)",
-                len(split.train) + len(split.val), training["refit"]["epochs"])
+                training["refit"]["rows"], training["refit"]["epochs"])
     return refit_payload
 
 

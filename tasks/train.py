@@ -27,7 +27,7 @@ def train_model(data: Split, config: TrainConfig) -> TrainedModel:
 
 @task(name="refit_model", cache_policy=NO_CACHE)
 def refit_model(held_out: TrainedModel, data: Split) -> TrainedModel:
-    """Train again on the training and validation rows for the held-out run's best epoch count (see ``train.refit``)."""
+    """``train.refit_model``: every row, for the held-out run's best epoch count, with a progress artifact."""
     progress_id, on_epoch = _progress("Refit on every row, for the epoch count the held-out run chose")
     trained = train.refit_model(held_out, data, on_epoch=on_epoch)
     update_progress_artifact(progress_id, progress=100.0)

@@ -15,17 +15,22 @@ from intentflow.errors import ValidationFailed
 from .helpers import BUNDLED_SETTINGS, TOY
 
 
-def test_unknown_key_names_file_and_key_with_a_suggestion(tmp_path):
+def only_problem(tmp_path, toml: str):
+    """The settings file written with ``toml``, and the one problem loading it reports."""
     path = tmp_path / "training.toml"
-    path.write_text("[train]\nepoch = 5\nhidden_size = 8\n")
-
+    path.write_text(toml)
     with pytest.raises(ValidationFailed) as info:
         load_settings(path)
-
     [problem] = info.value.problems
+    return path, problem, info.value
+
+
+def test_unknown_key_names_file_and_key_with_a_suggestion(tmp_path):
+    path, problem, error = only_problem(tmp_path, "[train]\nepoch = 5\nhidden_size = 8\n")
+
     assert (problem.file, problem.field, problem.message) == (str(path), "train.epoch", "unknown key")
     assert problem.fix == "did you mean 'epochs'?"
-    assert f"{path}: train.epoch: unknown key (fix: did you mean 'epochs'?)" in str(info.value)
+    assert f"{path}: train.epoch: unknown key (fix: did you mean 'epochs'?)" in str(error)
 
 
 def test_unknown_section_and_bad_value_are_reported_together(tmp_path):
@@ -44,13 +49,8 @@ def test_unknown_section_and_bad_value_are_reported_together(tmp_path):
 
 
 def test_an_incremental_run_that_would_learn_nothing_is_refused_with_its_fix(tmp_path):
-    path = tmp_path / "training.toml"
-    path.write_text("[incremental]\nnew_feature_epochs = 0\nepochs = 0\n")
+    path, problem, _ = only_problem(tmp_path, "[incremental]\nnew_feature_epochs = 0\nepochs = 0\n")
 
-    with pytest.raises(ValidationFailed) as info:
-        load_settings(path)
-
-    [problem] = info.value.problems
     assert (problem.file, problem.field) == (str(path), "incremental")
     assert problem.message == "new_feature_epochs and epochs are both 0, so an incremental run would learn nothing"
     assert problem.fix == "set either above 0"
