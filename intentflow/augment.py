@@ -29,6 +29,10 @@ class Row:
     label: str
     original: str
     synthetic: bool
+    # A paraphrase with a word inserted from other originals of its outcome: those originals (any one of them
+    # holds the word). The split keeps such a row only on the side of one of them, so no held-out original's
+    # words reach training inside another's paraphrases. Empty: nothing borrowed.
+    borrowed: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, object]:
         return {"text": self.text, "label": self.label, "original": self.original, "synthetic": self.synthetic}
@@ -81,9 +85,15 @@ def _paraphrase(outcome: Outcome, wanted: int, rng: random.Random,
     if wanted <= 0:
         return []
     groups = _synonym_groups(outcome)
-    vocabulary = sorted({word.lower() for text in outcome.originals for word in _WORD.findall(text)}
-                        | {word.lower() for group in groups for phrase in group for word in phrase.split()})
     originals = list(outcome.originals)
+    synonym_words = {word.lower() for group in groups for phrase in group for word in _WORD.findall(phrase)}
+    words_of = {text: {word.lower() for word in _WORD.findall(text)} for text in originals}
+    sources: dict[str, list[str]] = {}
+    for text in originals:
+        for word in sorted(words_of[text]):
+            sources.setdefault(word, []).append(text)
+    # What an insertion may add to each original: a synonym, or a word of another original of the outcome.
+    insertable = {text: sorted((synonym_words | set(sources)) - words_of[text]) for text in originals}
     # Casing and punctuation variants of an original are welcome; the original itself is already a row.
     seen: set[str] = set(originals)
     rows: list[Row] = []
@@ -95,7 +105,7 @@ def _paraphrase(outcome: Outcome, wanted: int, rng: random.Random,
         original = originals[draws % len(originals)]
         draws += 1
         misses += 1
-        text = _variant(original, groups, vocabulary, rng)
+        text, inserted = _variant(original, groups, insertable[original], rng)
         if text in seen:
             continue
         key = word_key(text)
@@ -103,7 +113,8 @@ def _paraphrase(outcome: Outcome, wanted: int, rng: random.Random,
             continue
         seen.add(text)
         misses = 0
-        rows.append(Row(text, outcome.name, original, True))
+        borrowed = () if inserted is None or inserted in synonym_words else tuple(sources[inserted])
+        rows.append(Row(text, outcome.name, original, True, borrowed))
     return rows
 
 
@@ -112,8 +123,11 @@ def _synonym_groups(outcome: Outcome) -> list[list[str]]:
     return [[phrase, *alternatives] for phrase, alternatives in outcome.synonyms.items()]
 
 
-def _variant(original: str, groups: list[list[str]], vocabulary: list[str], rng: random.Random) -> str:
+def _variant(original: str, groups: list[list[str]], vocabulary: list[str],
+             rng: random.Random) -> tuple[str, str | None]:
+    """A paraphrase of ``original``, and the word it inserted from ``vocabulary`` (None: none)."""
     text = _substitute(original, groups, rng)
+    inserted = None
     words = text.split()
     operation = rng.choices(("keep", "swap", "delete", "insert"), weights=(4, 2, 2, 2))[0]
     if operation == "swap" and len(words) >= 2:
@@ -122,7 +136,8 @@ def _variant(original: str, groups: list[list[str]], vocabulary: list[str], rng:
     elif operation == "delete" and len(words) >= 3:
         del words[rng.randrange(len(words))]
     elif operation == "insert" and vocabulary:
-        words.insert(rng.randrange(len(words) + 1), rng.choice(vocabulary))
+        inserted = rng.choice(vocabulary)
+        words.insert(rng.randrange(len(words) + 1), inserted)
     text = " ".join(words)
     casing = rng.choices(("keep", "lower", "capitalise", "upper"), weights=(6, 3, 2, 1))[0]
     if casing == "lower":
@@ -134,7 +149,7 @@ def _variant(original: str, groups: list[list[str]], vocabulary: list[str], rng:
     ending = rng.choices(("keep", "", ".", "?", "!"), weights=(5, 3, 2, 2, 1))[0]
     if ending != "keep":
         text = _TRAILING_PUNCTUATION.sub("", text) + ending
-    return text
+    return text, inserted
 
 
 def _substitute(text: str, groups: list[list[str]], rng: random.Random) -> str:

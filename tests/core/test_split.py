@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from intentflow.augment import augment_outcomes
+from intentflow.augment import Row, augment_outcomes
 from intentflow.config import PrepareConfig
 from intentflow.dataset import prepare_data
+from intentflow.features import tokenize
 from intentflow.outcomes import Outcome, OutcomeSet, load_outcomes, normalise_text
 from intentflow.split import split_rows
 
@@ -19,9 +20,37 @@ def groups(rows) -> set[tuple[str, str]]:
 
 
 def assert_partition(rows, split) -> None:
-    """Every row lands on exactly one side, none lost, none copied."""
+    """Every row lands on one side, none copied; the only rows left out are paraphrases that borrowed a word
+    from the other side's originals alone."""
     key = lambda row: (row.label, row.text)  # noqa: E731
-    assert Counter(map(key, split.train)) + Counter(map(key, split.val)) == Counter(map(key, rows))
+    kept = Counter(map(key, split.train)) + Counter(map(key, split.val))
+    assert kept <= Counter(map(key, rows))
+    sides = {(row.label, row.original): side for side in (split.train, split.val) for row in side}
+    for row in rows:
+        if kept[key(row)]:
+            continue
+        side = sides[(row.label, row.original)]
+        assert row.synthetic and row.borrowed, row
+        assert all(sides[(row.label, original)] is not side for original in row.borrowed), row
+
+
+def words(text: str) -> set[str]:
+    return set(tokenize(text))
+
+
+def assert_no_words_cross(outcomes, split) -> None:
+    """A paraphrase holds no word that only originals of the other side (of its outcome) hold: a held-out
+    original's words never reach training inside another original's paraphrases, nor the reverse."""
+    synonyms = {outcome.name: {word for phrase, alternatives in outcome.synonyms.items()
+                               for wording in (phrase, *alternatives) for word in words(wording)}
+                for outcome in outcomes.outcomes}
+    for side in (split.train, split.val):
+        side_words: dict[str, set[str]] = {}
+        for row in side:
+            side_words.setdefault(row.label, set()).update(words(row.original))
+        for row in side:
+            added = words(row.text) - words(row.original) - synonyms[row.label]
+            assert added <= side_words[row.label], (row, added - side_words[row.label])
 
 
 @pytest.mark.parametrize("seed", [1, 2025])
@@ -32,6 +61,7 @@ def test_bundled_outcomes_no_original_on_both_sides(bundled_outcomes, seed):
 
     assert groups(split.train) & groups(split.val) == set()
     assert_partition(rows, split)
+    assert_no_words_cross(bundled_outcomes, split)
     assert split.leaky_labels == ()
     for label in bundled_outcomes.labels:
         counts = split.per_label[label]
@@ -47,6 +77,7 @@ def test_toy_set_no_original_on_both_sides(toy_folder):
 
     assert groups(split.train) & groups(split.val) == set()
     assert_partition(rows, split)
+    assert_no_words_cross(outcomes, split)
     for label in outcomes.labels:
         val_rows = [row for row in split.val if row.label == label]
         assert len(val_rows) >= 5
@@ -67,9 +98,14 @@ def test_per_label_counts_match_the_rows(toy_folder):
                           "val_originals": sum(not row.synthetic for row in val)}
 
 
+def group_of(original: str, size: int, borrowed: tuple[str, ...] = ()) -> list[Row]:
+    """An original and ``size - 1`` paraphrases of it, each borrowing from ``borrowed``."""
+    return [Row(original, "pay_bill", original, False),
+            *(Row(f"{original} {index}", "pay_bill", original, True, borrowed) for index in range(1, size))]
+
+
 def test_min_val_per_label_is_met_when_possible_and_training_keeps_a_group():
-    outcome = Outcome(name="pay_bill", examples=("pay my bill", "settle the bill", "clear my balance"))
-    rows = augment_outcomes(OutcomeSet(Path("."), (outcome,)), 9, seed=1).rows  # 3 groups of 4 rows
+    rows = [*group_of("pay my bill", 4), *group_of("settle the bill", 4), *group_of("clear my balance", 4)]
 
     reachable = split_rows(rows, train_fraction=0.99, min_val_per_label=8, seed=1)
     unreachable = split_rows(rows, train_fraction=0.99, min_val_per_label=50, seed=1)
@@ -79,6 +115,35 @@ def test_min_val_per_label_is_met_when_possible_and_training_keeps_a_group():
     # Asking for more than exists still leaves one whole group to train on.
     assert len(unreachable.train) == 4 and len(unreachable.val) == 8
     assert groups(unreachable.train) & groups(unreachable.val) == set()
+
+
+def test_a_paraphrase_borrowing_from_the_other_side_is_left_out_and_not_counted():
+    originals = ("pay my bill", "settle the bill", "clear my balance")
+    plain = [row for original in originals for row in group_of(original, 4)]
+    validating = split_rows(plain, train_fraction=0.99, min_val_per_label=4, seed=1).val[0].original
+    training = [original for original in originals if original != validating]
+    # Two rows of a training group borrowed a word of the validation original, one of each training original.
+    rows = [*group_of(validating, 4), *group_of(training[0], 3, borrowed=(validating,)),
+            *group_of(training[1], 2, borrowed=(validating, training[0]))]
+
+    split = split_rows(rows, train_fraction=0.99, min_val_per_label=4, seed=1)
+
+    assert {row.original for row in split.val} == {validating}
+    assert len(split.val) == 4
+    assert [row.text for row in split.train] == [training[1], f"{training[1]} 1", training[0]]
+    assert split.per_label["pay_bill"]["train"] == 3
+
+
+def test_min_val_counts_only_rows_that_stay():
+    # Seed 1 ranks "pay my bill" first. Held out alone, its paraphrases (they borrowed from "settle the bill") would
+    # be left out and leave 1 row; held out with "settle the bill", all 9 rows stay.
+    rows = [*group_of("pay my bill", 6, borrowed=("settle the bill",)), *group_of("settle the bill", 3),
+            *group_of("clear my balance", 3)]
+
+    split = split_rows(rows, train_fraction=0.99, min_val_per_label=5, seed=1)
+
+    assert {row.original for row in split.val} == {"pay my bill", "settle the bill"}
+    assert len(split.val) == 9
 
 
 def test_split_is_deterministic_for_a_seed(toy_folder):

@@ -89,8 +89,9 @@ def test_unchanged_second_run_is_up_to_date(make_params: Callable[..., RetrainPa
 def test_changed_outcomes_retrain(make_params: Callable[..., RetrainParameters], outcomes_folder: Path) -> None:
     params = make_params()
     assert retrain(params, return_state=True).is_completed()
-    food = {"name": "order_food", "examples": ["order a pizza", "get me some sushi delivered",
-                                               "i want a burger and fries", "deliver noodles for dinner"]}
+    # Learnable from any three of its examples: each shares words with the others (the split holds one out).
+    food = {"name": "order_food", "examples": ["order a pizza for dinner", "order some sushi delivered",
+                                               "get a burger delivered for dinner", "order noodles for dinner"]}
     (outcomes_folder / "order_food.json").write_text(json.dumps(food), encoding="utf-8")
 
     state = retrain(make_params(changed_paths=["order_food.json"]), return_state=True)
@@ -113,7 +114,9 @@ def test_changed_outcomes_retrain(make_params: Callable[..., RetrainParameters],
 
 def test_an_added_example_is_compared_only_on_sentences_production_never_saw(
         make_params: Callable[..., RetrainParameters], outcomes_folder: Path) -> None:
-    params = make_params()
+    # Without refit, production has not trained on its validation originals, so some are left to compare on
+    # whichever mode the second run takes.
+    params = make_params(refit=False)
     assert retrain(params, return_state=True).is_completed()
     registry = Registry(params.registry)
     trained_on = set(torch.load(registry.production().checkpoint, weights_only=True)["train_originals"])
@@ -122,7 +125,7 @@ def test_an_added_example_is_compared_only_on_sentences_production_never_saw(
     definition["examples"].append("one more way to say it for this outcome")
     path.write_text(json.dumps(definition), encoding="utf-8")
 
-    state = retrain(make_params(), return_state=True)
+    state = retrain(make_params(refit=False), return_state=True)
 
     assert state.is_completed(), state.message
     candidate = registry.versions()[-1]
@@ -134,7 +137,7 @@ def test_an_added_example_is_compared_only_on_sentences_production_never_saw(
     # Production is re-scored only on the candidate's validation sentences whose originals it never trained on,
     # or that the candidate trained on too (an incremental candidate starts from what production learnt).
     assert compared
-    assert gate["compared_samples"] == len(compared)
+    assert gate["compared_samples"] == len(compared), (gate, candidate.info["training"]["reason"])
     assert f"on the same {len(compared)} sentences" in gate["reason"]
 
 
