@@ -1,6 +1,6 @@
 """Refit after the gate against publishing the held-out model, on the bundled outcomes, over split seeds.
 
-    python benchmarks/refit.py [--seeds 1 2 3 4 5 6 7 8]
+    python benchmarks/refit.py [--seeds 1 2 3 4 5 6 7 8] [--train char_ngrams=5 ...]
 
 For each seed the bundled outcomes are prepared as the flow prepares them (config/training.toml), and the
 validation side of that split (whole originals with their paraphrases) becomes the test set, used for nothing
@@ -34,10 +34,13 @@ def accuracy(trained: TrainedModel, rows: list) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", nargs="+", type=int, default=list(range(1, 9)))
+    parser.add_argument("--train", nargs="+", default=[], metavar="KEY=VALUE",
+                        help="[train] settings to change for the run, e.g. char_ngrams=5")
     args = parser.parse_args()
     settings = load_settings(ROOT / "config" / "training.toml")
     outcomes = load_outcomes(ROOT / "config" / "outcomes")
-    config = settings.train.model_copy(update={"device": "cpu"})
+    changes = dict(change.split("=", 1) for change in args.train)
+    config = type(settings.train).model_validate({**settings.train.model_dump(), **changes, "device": "cpu"})
     print(f"{stamp()}; `{command()}`; {machine()}")
     print("| seed | held-out: test originals | refit: test originals | held-out: all test rows | refit: all test rows "
           "| epochs | held-out s | refit s |\n| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")

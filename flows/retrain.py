@@ -70,7 +70,7 @@ class RetrainParameters(BaseModel):
     featurizer: Literal["bow", "embeddings"] | None = Field(
         None, description=f"bow, or embeddings from a sentence encoder (needs intentflow[embeddings]); {FROM_FILE}")
     char_ngrams: int | None = Field(None, ge=0, le=MAX_CHAR_NGRAMS, description=f"Bag-of-words: also character "
-                                    f"n-grams of 2 to this many characters inside each word, 0 = words only (0); "
+                                    f"n-grams of 2 to this many characters inside each word, 0 = words only (5); "
                                     f"{FROM_FILE}")
     embedding_model: str | None = Field(None, max_length=1000, description=f"Sentence encoder, hub name or folder "
                                         f"(bundled all-MiniLM-L6-v2); {FROM_FILE}")

@@ -34,7 +34,7 @@ TRAIN_FLAGS = {
     "featurizer": (str, "bow (bag-of-words) or embeddings, a sentence encoder's; needs pip install "
                         "'intentflow[embeddings]' (default bow)"),
     "char_ngrams": (int, "bag-of-words: also character n-grams of 2 to this many characters inside each word, "
-                         "0 = words only (default 0)"),
+                         "0 = words only (default 5)"),
     "embedding_model": (str, "sentence encoder, hub name or folder; empty = the bundled all-MiniLM-L6-v2 "
                              "(default empty)"),
     "finetune_epochs": (int, "contrastive fine-tuning epochs of the encoder, 0 keeps it frozen (default 2)"),

@@ -41,7 +41,7 @@ class TrainConfig(_Strict):
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Where to train")
     label_smoothing: float = Field(0.1, ge=0.0, lt=1.0, description="Share of the target spread over other labels")
     featurizer: Literal["bow", "embeddings"] = Field("bow", description="Bag-of-words or sentence embeddings")
-    char_ngrams: int = Field(0, ge=0, le=MAX_CHAR_NGRAMS, description="Bag-of-words: also the character n-grams "
+    char_ngrams: int = Field(5, ge=0, le=MAX_CHAR_NGRAMS, description="Bag-of-words: also the character n-grams "
                              "of 2 to this many characters inside each word; 0 = words only")
     embedding_model: str = Field("", max_length=1000, description="Sentence encoder (hub name or folder); "
                                  "empty = the bundled all-MiniLM-L6-v2")

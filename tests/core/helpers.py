@@ -58,7 +58,9 @@ def tiny_train_config(**changes: Any) -> TrainConfig:
     values: dict[str, Any] = {"epochs": 60, "hidden_size": 32, "hidden_layers": 1, "dropout": 0.0, "lr": 0.01,
                               "batch_size": 16, "patience": 0, "seed": 3, "device": "cpu",
                               # Tests of out-of-scope detection turn it on; elsewhere a label is always a label.
-                              "oos_threshold": "off", "label_smoothing": 0.0}
+                              "oos_threshold": "off", "label_smoothing": 0.0,
+                              # Words only: the toy sets are built word by word; character n-gram tests set it.
+                              "char_ngrams": 0}
     return TrainConfig(**{**values, **changes})
 
 
