@@ -6,7 +6,7 @@
 An exploration, not the product: it trains with ``intentflow.train.train_model`` directly (config/training.toml's
 [train], no OOS threshold) on k utterances per intent, and scores the best epoch on val.jsonl. The ``chars``
 variants set ``char_ngrams = 5`` (character n-grams of 2-5 characters inside "<word>", as fastText makes them);
-word pairs need the trainer's ``WORD_NGRAMS`` changed for the run, which this script does.
+``word pairs`` set ``word_ngrams = 2``; the others ``word_ngrams = 1``.
 
 - ``hold out``: one utterance per intent validates (early stopping), as the flow's split does; the others train.
 - ``refit``: every utterance trains, for a fixed number of epochs (about the held-out run's best epoch).
@@ -40,6 +40,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "unigrams": {},
     "unigrams + word pairs": {"word_ngrams": 2},
     "unigrams + chars": {"char_ngrams": CHARS},
+    "unigrams + word pairs + chars": {"word_ngrams": 2, "char_ngrams": CHARS},
     "unigrams, augment 50": {"augment": 50},
     "unigrams, augment 500 (the flow's default)": {"augment": 500},
     "unigrams, refit 20 epochs": {"refit": 20},
@@ -64,6 +65,7 @@ def run(variant: dict[str, Any], seed: int, train: list[dict[str, str]], val: li
     settings = load_settings(Path(__file__).resolve().parents[1] / "config" / "training.toml")
     refit = variant.get("refit")
     config = settings.train.model_copy(update={"oos_threshold": "off", "char_ngrams": variant.get("char_ngrams", 0),
+                                               "word_ngrams": variant.get("word_ngrams", 1),
                                                **({"epochs": refit} if refit else {})})
     # One utterance per intent held out to validate, unless refitting on all of them.
     held = [] if refit else [(texts[0], intent) for intent, texts in shots.items()]
@@ -76,16 +78,11 @@ def run(variant: dict[str, Any], seed: int, train: list[dict[str, str]], val: li
             for intent in shots))
         rows = augment_outcomes(outcomes, variant["augment"], seed).rows
         texts, labels = [row.text for row in rows], [row.label for row in rows]
-    ngrams = training.WORD_NGRAMS
-    try:
-        training.WORD_NGRAMS = variant.get("word_ngrams", 1)
-        started = time.perf_counter()
-        model = training.train_model(texts, labels, val_texts, val_labels, config)
-        seconds = time.perf_counter() - started
-        with torch.no_grad():
-            predicted = model.model(*model.vocab.encode([record["text"] for record in val])).argmax(dim=1)
-    finally:
-        training.WORD_NGRAMS = ngrams
+    started = time.perf_counter()
+    model = training.train_model(texts, labels, val_texts, val_labels, config)
+    seconds = time.perf_counter() - started
+    with torch.no_grad():
+        predicted = model.model(*model.vocab.encode([record["text"] for record in val])).argmax(dim=1)
     accuracy = sum(model.labels[index] == record["label"]
                    for index, record in zip(predicted.tolist(), val, strict=True)) / len(val)
     return {"accuracy": accuracy, "seconds": seconds, "features": len(model.vocab) - 1, "best_epoch": model.best_epoch}

@@ -14,7 +14,7 @@ from prefect.states import Completed, Failed, State
 from pydantic import BaseModel, ConfigDict, Field
 
 from intentflow.checkpoint import build_payload, load_checkpoint
-from intentflow.config import MAX_CHAR_NGRAMS, Settings, load_settings
+from intentflow.config import MAX_CHAR_NGRAMS, MAX_WORD_NGRAMS, Settings, load_settings
 from intentflow.errors import IntentflowError
 from intentflow.evaluate import Evaluation
 from intentflow.gate import GateDecision
@@ -69,6 +69,8 @@ class RetrainParameters(BaseModel):
     label_smoothing: float | None = Field(None, ge=0, lt=1, description=f"Label smoothing (0.1); {FROM_FILE}")
     featurizer: Literal["bow", "embeddings"] | None = Field(
         None, description=f"bow, or embeddings from a sentence encoder (needs intentflow[embeddings]); {FROM_FILE}")
+    word_ngrams: int | None = Field(None, ge=1, le=MAX_WORD_NGRAMS, description=f"Bag-of-words: single words and "
+                                    f"runs of up to this many words, 1 = single words only (1); {FROM_FILE}")
     char_ngrams: int | None = Field(None, ge=0, le=MAX_CHAR_NGRAMS, description=f"Bag-of-words: also character "
                                     f"n-grams of 2 to this many characters inside each word, 0 = words only (5); "
                                     f"{FROM_FILE}")
@@ -93,8 +95,8 @@ class RetrainParameters(BaseModel):
 
     def settings(self) -> Any:
         train_keys = ("epochs", "lr", "batch_size", "hidden_size", "hidden_layers", "dropout", "weight_decay",
-                      "patience", "seed", "device", "label_smoothing", "featurizer", "char_ngrams", "embedding_model",
-                      "finetune_epochs", "refit", "oos_threshold", "unknown_label")
+                      "patience", "seed", "device", "label_smoothing", "featurizer", "word_ngrams", "char_ngrams",
+                      "embedding_model", "finetune_epochs", "refit", "oos_threshold", "unknown_label")
         return load_settings(self.config).with_overrides(
             prepare={"augment_factor": self.augment_factor, "seed": self.seed},
             train={key: getattr(self, key) for key in train_keys},

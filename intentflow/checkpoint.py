@@ -15,17 +15,15 @@ from typing import Any
 import torch
 
 from intentflow import __version__
-from intentflow.config import MAX_CHAR_NGRAMS
+from intentflow.config import MAX_CHAR_NGRAMS, MAX_WORD_NGRAMS
 from intentflow.errors import IntentflowError, display_path
 from intentflow.fileio import atomic_write, write_json
 from intentflow.model import parameter_shapes
-from intentflow.train import WORD_NGRAMS, TrainedModel
+from intentflow.train import TrainedModel
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 FORMAT = "intentflow-checkpoint"
 FORMAT_VERSION = 1
-# Word runs the vocabulary may hold; the trainer uses 1, and more than this is not a bag-of-words model.
-MAX_WORD_NGRAMS = 8
 REQUIRED = {"format": str, "format_version": int, "state_dict": dict, "config": dict, "vocab": list,
             "labels": list, "metrics": dict}
 
@@ -133,7 +131,7 @@ def _check_payload(payload: Any, shown: str) -> None:
         if not _positive_whole(config.get(key)):
             raise IntentflowError(f"checkpoint {shown}: config.{key} is missing or not a positive whole number "
                                   "(fix: retrain, or `intentflow rollback`)")
-    config.setdefault("word_ngrams", WORD_NGRAMS)
+    config.setdefault("word_ngrams", 1)  # checkpoints from before it was recorded held single words
     if not _positive_whole(config["word_ngrams"]) or config["word_ngrams"] > MAX_WORD_NGRAMS:
         _refuse(shown, f"config.word_ngrams must be a whole number from 1 to {MAX_WORD_NGRAMS}")
     config.setdefault("char_ngrams", 0)  # checkpoints from before character n-grams

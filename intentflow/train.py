@@ -29,7 +29,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-WORD_NGRAMS = 1
 # oos_threshold = "auto": the confidence below which this share of the correctly predicted validation originals
 # falls, whatever the model's confidence scale. Chosen on CLINC150's val.jsonl (10-shot, seed 0, one hidden layer):
 # 1% cost 1.5 points of in-scope accuracy with frozen embeddings, 2% cost 2.9 (benchmarks/RESULTS.md).
@@ -140,12 +139,12 @@ def _new_model(train_texts: Sequence[str], train_labels: Sequence[str], labels: 
         if config.finetune_epochs:
             encoder.finetune(train_texts, train_labels, config.finetune_epochs, config.finetune_lr, config.seed)
         torch.manual_seed(config.seed)
-        vocab = Vocabulary([], word_ngrams=WORD_NGRAMS)
+        vocab = Vocabulary([], word_ngrams=1)
         model = IntentMLP(len(vocab), len(labels), config.hidden_size, config.hidden_layers, config.dropout,
                           input_dim=encoder.dimension)
     else:
         encoder = None
-        vocab = build_vocabulary(train_texts, word_ngrams=WORD_NGRAMS, char_ngrams=config.char_ngrams)
+        vocab = build_vocabulary(train_texts, word_ngrams=config.word_ngrams, char_ngrams=config.char_ngrams)
         model = IntentMLP(len(vocab), len(labels), config.hidden_size, config.hidden_layers, config.dropout)
     return TrainedModel(model=model, vocab=vocab, labels=labels, config=config, device=str(device), encoder=encoder)
 
@@ -199,9 +198,9 @@ def continue_training(
     row of weights (and their column), new ones start at zero, so the network begins as production's function.
 
     1. ``incremental.new_feature_epochs``: only the rows of the new features learn; every other weight is frozen.
-       A sentence of known words is predicted exactly as production predicts it, and a new sentence with new words
-       is learnt through them.
-    2. ``incremental.epochs``: every weight learns, for what stage 1 could not (new sentences of known words). The
+       A sentence of known features (words, word pairs, character n-grams) is predicted exactly as production
+       predicts it, and a new sentence with new features is learnt through them.
+    2. ``incremental.epochs``: every weight learns, for what stage 1 could not (new sentences of known features). The
        loss weighs the new rows at ``new_share``, their share of the whole training set (None: as many as they
        are), so the mix of a few new rows and a replay sample pulls no harder toward the new sentences than a full
        retrain would.
@@ -230,7 +229,7 @@ def continue_training(
     _check_val_labels([row.label for row in val], labels)
     device = resolve_device(config.device)
     torch.manual_seed(config.seed)
-    word_ngrams = int(architecture.get("word_ngrams", WORD_NGRAMS))
+    word_ngrams = int(architecture.get("word_ngrams", 1))
     char_ngrams = int(architecture.get("char_ngrams", 0))
     known = set(production["vocab"])
     added = [feature for feature in build_vocabulary([row.text for row in rows], word_ngrams=word_ngrams,

@@ -59,8 +59,9 @@ def tiny_train_config(**changes: Any) -> TrainConfig:
                               "batch_size": 16, "patience": 0, "seed": 3, "device": "cpu",
                               # Tests of out-of-scope detection turn it on; elsewhere a label is always a label.
                               "oos_threshold": "off", "label_smoothing": 0.0,
-                              # Words only: the toy sets are built word by word; character n-gram tests set it.
-                              "char_ngrams": 0}
+                              # Single words only: the toy sets are built word by word; the word-pair and
+                              # character n-gram tests set these.
+                              "word_ngrams": 1, "char_ngrams": 0}
     return TrainConfig(**{**values, **changes})
 
 

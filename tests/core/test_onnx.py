@@ -66,8 +66,9 @@ def deep_checkpoint(toy_model, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def char_checkpoint(toy_model, tmp_path_factory) -> Path:
-    """Character n-grams as well as words: the exported classifier must featurize the same way."""
-    return train_toy_checkpoint(toy_model, tmp_path_factory.mktemp("onnx-chars"), char_ngrams=4, epochs=10)
+    """Word pairs and character n-grams as well as words: the exported classifier must featurize the same way."""
+    return train_toy_checkpoint(toy_model, tmp_path_factory.mktemp("onnx-chars"), word_ngrams=2, char_ngrams=4,
+                                epochs=10)
 
 
 @pytest.fixture(scope="module")
@@ -95,6 +96,7 @@ def test_onnx_predicts_what_pytorch_predicts(which, request, tmp_path):
     path = export_onnx(source, tmp_path / "model.onnx")
     onnx, reference = OnnxClassifier.load(path), Classifier.load(source)
     assert onnx.vocab.char_ngrams == reference.vocab.char_ngrams == (4 if which == "char_checkpoint" else 0)
+    assert onnx.vocab.word_ngrams == reference.vocab.word_ngrams == (2 if which == "char_checkpoint" else 1)
 
     assert_same_predictions(onnx.predict_batch(SENTENCES), reference.predict_batch(SENTENCES))
     # Every probability, not only the winning one.

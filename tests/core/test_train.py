@@ -165,6 +165,27 @@ def test_character_ngrams_learn_misspellings_and_survive_a_reload(toy_rows, tmp_
     assert torch.equal(loaded.probabilities(list(probes)), in_memory.probabilities(list(probes)))
 
 
+def test_word_pairs_tell_apart_sentences_of_the_same_words_and_survive_a_reload(tmp_path):
+    from intentflow.checkpoint import build_payload, save_checkpoint
+
+    texts = ["dog bites man", "the dog bites a man", "man bites dog", "a man bites the dog"]
+    labels = ["dog_news", "dog_news", "man_news", "man_news"]
+    probes = ["dog bites man today", "man bites dog today"]
+    single = Classifier.from_trained(train_model(texts, labels, [], [], tiny_train_config(word_ngrams=1)))
+    # The same bag of single words: one answer for both, whatever it is.
+    assert torch.equal(*single.probabilities(probes))
+
+    trained = train_model(texts, labels, [], [], tiny_train_config(word_ngrams=2))
+    assert {"dog bites", "man bites"} <= set(trained.vocab.features)
+    in_memory = Classifier.from_trained(trained)
+    assert [p.label for p in in_memory.predict_batch(probes)] == ["dog_news", "man_news"]
+    path = save_checkpoint(build_payload(trained, outcome_hash="toy", prepare={}, val_texts=[], val_labels=[]),
+                           tmp_path / "model.pt")
+    loaded = Classifier.load(path)
+    assert loaded.vocab.word_ngrams == 2
+    assert torch.equal(loaded.probabilities(probes), in_memory.probabilities(probes))
+
+
 def test_refit_learns_the_validation_originals_for_the_held_out_runs_epoch_count(toy_rows):
     split = Split(toy_rows.train, toy_rows.val)
     config = tiny_train_config(epochs=60, oos_threshold=0.3)
