@@ -99,11 +99,17 @@ class Vocabulary(Mapping[str, int]):
 
 
 def build_vocabulary(texts: Iterable[str], word_ngrams: int = 2, min_count: int = 1,
-                     char_ngrams: int = 0) -> Vocabulary:
-    """Every feature seen at least ``min_count`` times, most frequent first (ties alphabetical)."""
+                     char_ngrams: int = 0, pair_texts: Iterable[str] | None = None) -> Vocabulary:
+    """Every feature seen at least ``min_count`` times, most frequent first (ties alphabetical).
+
+    ``pair_texts``: where runs of two or more words are taken from (None: ``texts``); single words and character
+    n-grams always come from ``texts``.
+    """
     counts: Counter[str] = Counter()
     for text in texts:
-        counts.update(features_of(text, word_ngrams, char_ngrams))
+        counts.update(features_of(text, 1 if pair_texts is not None else word_ngrams, char_ngrams))
+    for text in pair_texts if pair_texts is not None and word_ngrams > 1 else ():
+        counts.update(feature for feature in features_of(text, word_ngrams) if " " in feature)
     kept = sorted((feature for feature, count in counts.items() if count >= min_count),
                   key=lambda feature: (-counts[feature], feature))
     return Vocabulary(kept, word_ngrams=word_ngrams, char_ngrams=char_ngrams)

@@ -110,8 +110,13 @@ def train_model(
     config: TrainConfig,
     on_epoch: Callable[[EpochStats, int], None] | None = None,
     val_is_original: Sequence[bool] | None = None,
+    pair_texts: Sequence[str] | None = None,
 ) -> TrainedModel:
     """Train an ``IntentMLP`` and return it with the weights of its best validation epoch.
+
+    ``pair_texts``: the sentences word runs (``word_ngrams`` > 1) are taken from, the originals where the training
+    set is augmented: a paraphrase's swapped or inserted word makes runs nobody wrote, which would multiply the
+    vocabulary (and each step's cost) several-fold. None: every training text.
 
     ``val_is_original`` marks the validation rows written by people (not paraphrases); the out-of-scope threshold
     is calibrated on those alone, since a paraphrase of a held-out sentence is scored more confidently than what
@@ -124,13 +129,13 @@ def train_model(
     if config.oos_threshold != "off" and config.unknown_label in labels:
         raise IntentflowError(f"an outcome is named {config.unknown_label!r}, the label of out-of-scope predictions "
                               "(fix: rename the outcome, or set [train] unknown_label to another name)")
-    result = _new_model(train_texts, train_labels, labels, config)
+    result = _new_model(train_texts, train_labels, labels, config, pair_texts)
     return _fit(result, train_texts, train_labels, val_texts, val_labels, epochs=config.epochs, lr=config.lr,
                 on_epoch=on_epoch, val_is_original=val_is_original)
 
 
 def _new_model(train_texts: Sequence[str], train_labels: Sequence[str], labels: list[str],
-               config: TrainConfig) -> TrainedModel:
+               config: TrainConfig, pair_texts: Sequence[str] | None = None) -> TrainedModel:
     """Random weights, and the features of ``train_texts``: their vocabulary, or an encoder (fine-tuned on them)."""
     device = resolve_device(config.device)
     torch.manual_seed(config.seed)
@@ -144,7 +149,8 @@ def _new_model(train_texts: Sequence[str], train_labels: Sequence[str], labels: 
                           input_dim=encoder.dimension)
     else:
         encoder = None
-        vocab = build_vocabulary(train_texts, word_ngrams=config.word_ngrams, char_ngrams=config.char_ngrams)
+        vocab = build_vocabulary(train_texts, word_ngrams=config.word_ngrams, char_ngrams=config.char_ngrams,
+                                 pair_texts=pair_texts)
         model = IntentMLP(len(vocab), len(labels), config.hidden_size, config.hidden_layers, config.dropout)
     return TrainedModel(model=model, vocab=vocab, labels=labels, config=config, device=str(device), encoder=encoder)
 
@@ -154,7 +160,8 @@ def train_split(split: Split, config: TrainConfig,
     """``train_model`` on a split's rows, the out-of-scope threshold calibrated on its validation originals."""
     return train_model([row.text for row in split.train], [row.label for row in split.train],
                        [row.text for row in split.val], [row.label for row in split.val], config,
-                       on_epoch=on_epoch, val_is_original=[not row.synthetic for row in split.val])
+                       on_epoch=on_epoch, val_is_original=[not row.synthetic for row in split.val],
+                       pair_texts=[row.text for row in split.train if not row.synthetic])
 
 
 def refit_model(held_out: TrainedModel, split: Split,
@@ -169,7 +176,8 @@ def refit_model(held_out: TrainedModel, split: Split,
     rows = [*split.train, *split.val]
     texts, targets = [row.text for row in rows], [row.label for row in rows]
     epochs = max(held_out.best_epoch, 1)
-    result = _new_model(texts, targets, held_out.labels, held_out.config)
+    result = _new_model(texts, targets, held_out.labels, held_out.config,
+                        [row.text for row in rows if not row.synthetic])
     _fit(result, texts, targets, [], [], epochs=epochs, lr=held_out.config.lr, on_epoch=on_epoch, keep_best=False,
          calibrate=False)
     last = result.history[-1]
@@ -232,9 +240,9 @@ def continue_training(
     word_ngrams = int(architecture.get("word_ngrams", 1))
     char_ngrams = int(architecture.get("char_ngrams", 0))
     known = set(production["vocab"])
-    added = [feature for feature in build_vocabulary([row.text for row in rows], word_ngrams=word_ngrams,
-                                                     char_ngrams=char_ngrams).features
-             if feature not in known]
+    seen = build_vocabulary([row.text for row in rows], word_ngrams=word_ngrams, char_ngrams=char_ngrams,
+                            pair_texts=[row.text for row in rows if not row.synthetic])
+    added = [feature for feature in seen.features if feature not in known]
     vocab = Vocabulary([*production["vocab"], *added], word_ngrams=word_ngrams, char_ngrams=char_ngrams)
     model = IntentMLP(len(vocab), len(labels), config.hidden_size, config.hidden_layers, config.dropout)
     state = dict(production["state_dict"])

@@ -249,6 +249,21 @@ def test_training_continues_from_production_weights_with_the_vocabulary_extended
     assert trained.labels == production["labels"]
 
 
+def test_word_pairs_added_by_continued_training_come_from_the_new_originals_only(toy_model):
+    from intentflow.train import continue_training
+
+    production = toy_production(toy_model)
+    production["config"] = {**production["config"], "word_ngrams": 2}
+    rows = [*new_rows(), Row("tunes crank loud", "play_music", "crank loud tunes", True)]
+
+    trained = continue_training(production, rows, [], list(toy_model.data.val),
+                                tiny_train_config(word_ngrams=2), IncrementalConfig(new_feature_epochs=0, epochs=1))
+
+    added = trained.vocab.features[len(production["vocab"]):]
+    assert {feature for feature in added if " " in feature} == {"crank loud", "loud tunes", "blast tracks",
+                                                               "brolly needed"}
+
+
 def test_continued_training_learns_new_utterances_and_keeps_the_old(toy_model):
     production = toy_production(toy_model)
     before = Classifier(*build_model(production))

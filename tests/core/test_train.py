@@ -186,6 +186,27 @@ def test_word_pairs_tell_apart_sentences_of_the_same_words_and_survive_a_reload(
     assert torch.equal(loaded.probabilities(probes), in_memory.probabilities(probes))
 
 
+def test_word_pairs_come_from_the_originals_not_from_paraphrases(toy_rows):
+    from intentflow.features import features_of
+    from intentflow.train import train_split
+
+    split = Split(toy_rows.train, toy_rows.val)
+    assert any(row.synthetic for row in split.train)
+    written = {feature for row in split.train if not row.synthetic for feature in features_of(row.text, 2)}
+    everywhere = {feature for row in split.train for feature in features_of(row.text, 2)}
+    # The toy paraphrases swap and insert words, so pairs nobody wrote exist to be left out.
+    assert {pair for pair in everywhere - written if " " in pair}
+
+    trained = train_split(split, tiny_train_config(word_ngrams=2, epochs=3))
+    pairs = {feature for feature in trained.vocab.features if " " in feature}
+    assert pairs and pairs <= written
+    # Single words still come from every row, paraphrases included.
+    assert {word for row in split.train for word in tokenize(row.text)} <= set(trained.vocab.features)
+    refit = refit_model(trained, split)
+    assert {feature for feature in refit.vocab.features if " " in feature} <= {
+        feature for row in [*split.train, *split.val] if not row.synthetic for feature in features_of(row.text, 2)}
+
+
 def test_refit_learns_the_validation_originals_for_the_held_out_runs_epoch_count(toy_rows):
     split = Split(toy_rows.train, toy_rows.val)
     config = tiny_train_config(epochs=60, oos_threshold=0.3)
