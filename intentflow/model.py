@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -60,10 +61,18 @@ class IntentMLP(nn.Module):
         self.dropout = ByteDropout(dropout)
         self.output = nn.Linear(hidden_size, num_labels)
 
-    def forward(self, indices: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
-        """``(indices, weights)`` of bags, or ``(vectors,)`` for a dense-input network."""
+    def forward(self, indices: torch.Tensor, weights: torch.Tensor | None = None,
+                input_rows: torch.Tensor | None = None) -> torch.Tensor:
+        """``(indices, weights)`` of bags, or ``(vectors,)`` for a dense-input network.
+
+        ``input_rows``: the first layer's rows to read instead of its weight, with ``indices`` pointing into them
+        (training on the rows a batch uses; row 0 is padding).
+        """
         if self.dense_input:
             hidden = self.input(indices) + self.input_bias
+        elif input_rows is not None:
+            hidden = F.embedding_bag(indices, input_rows, per_sample_weights=weights, mode="sum",
+                                     padding_idx=0) + self.input_bias
         else:
             hidden = self.input(indices, per_sample_weights=weights) + self.input_bias
         hidden = self.dropout(torch.relu(hidden))

@@ -282,7 +282,12 @@ def test_continued_training_learns_new_utterances_and_keeps_the_old(toy_model):
     assert trained.best_epoch == 30
 
 
-def test_stage_one_learns_new_words_and_leaves_every_other_weight_as_production_had_it(toy_model):
+@pytest.mark.parametrize("rows_only", [False, True], ids=["adamw", "row-only-adam"])
+def test_stage_one_learns_new_words_and_leaves_every_other_weight_as_production_had_it(toy_model, rows_only,
+                                                                                       monkeypatch):
+    import intentflow.train as training
+
+    monkeypatch.setattr(training, "ROWS_ONLY_ABOVE", 0.0 if rows_only else float("inf"))
     production = toy_production(toy_model)
     rows = len(production["vocab"]) + 1  # with the padding row
 
