@@ -70,7 +70,7 @@ class RetrainParameters(BaseModel):
     featurizer: Literal["bow", "embeddings"] | None = Field(
         None, description=f"bow, or embeddings from a sentence encoder (needs intentflow[embeddings]); {FROM_FILE}")
     word_ngrams: int | None = Field(None, ge=1, le=MAX_WORD_NGRAMS, description=f"Bag-of-words: single words and "
-                                    f"runs of up to this many words, 1 = single words only (1); {FROM_FILE}")
+                                    f"runs of up to this many words, 1 = single words only (2); {FROM_FILE}")
     char_ngrams: int | None = Field(None, ge=0, le=MAX_CHAR_NGRAMS, description=f"Bag-of-words: also character "
                                     f"n-grams of 2 to this many characters inside each word, 0 = words only (5); "
                                     f"{FROM_FILE}")

@@ -33,8 +33,8 @@ TRAIN_FLAGS = {
     "label_smoothing": (float, "share of each target spread over the other labels (default 0.1)"),
     "featurizer": (str, "bow (bag-of-words) or embeddings, a sentence encoder's; needs pip install "
                         "'intentflow[embeddings]' (default bow)"),
-    "word_ngrams": (int, "bag-of-words: single words and runs of up to this many words, 1 = single words only "
-                         "(default 1)"),
+    "word_ngrams": (int, "bag-of-words: single words and runs of up to this many words, 2 = word pairs too, "
+                         "1 = single words only (default 2)"),
     "char_ngrams": (int, "bag-of-words: also character n-grams of 2 to this many characters inside each word, "
                          "0 = words only (default 5)"),
     "embedding_model": (str, "sentence encoder, hub name or folder; empty = the bundled all-MiniLM-L6-v2 "

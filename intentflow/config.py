@@ -43,7 +43,7 @@ class TrainConfig(_Strict):
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Where to train")
     label_smoothing: float = Field(0.1, ge=0.0, lt=1.0, description="Share of the target spread over other labels")
     featurizer: Literal["bow", "embeddings"] = Field("bow", description="Bag-of-words or sentence embeddings")
-    word_ngrams: int = Field(1, ge=1, le=MAX_WORD_NGRAMS, description="Bag-of-words: single words and runs of up "
+    word_ngrams: int = Field(2, ge=1, le=MAX_WORD_NGRAMS, description="Bag-of-words: single words and runs of up "
                              "to this many words; 1 = single words only")
     char_ngrams: int = Field(5, ge=0, le=MAX_CHAR_NGRAMS, description="Bag-of-words: also the character n-grams "
                              "of 2 to this many characters inside each word; 0 = words only")

@@ -70,20 +70,21 @@ def test_first_run_promotes_and_writes_a_complete_version(make_params: Callable[
     assert not [path for path in Path(params.registry).iterdir() if path.name.startswith(".tmp-")]
 
 
-def test_word_pairs_asked_of_the_flow_reach_the_published_model(
+def test_word_ngrams_asked_of_the_flow_reach_the_published_model(
         make_params: Callable[..., RetrainParameters]) -> None:
     from intentflow.inference import Classifier
 
-    params = make_params(word_ngrams=2, refit=False)
+    # Single words, against the default of word pairs.
+    params = make_params(word_ngrams=1, refit=False)
     state = retrain(params, return_state=True)
 
     assert state.is_completed(), state.message
     registry = Registry(params.registry)
     [version] = registry.versions()
-    assert version.info["config"]["train"]["word_ngrams"] == 2
+    assert version.info["config"]["train"]["word_ngrams"] == 1
     published = Classifier.load(version.path / f"{version.name}.pt")
-    assert published.vocab.word_ngrams == 2
-    assert any(" " in feature for feature in published.vocab.features)
+    assert published.vocab.word_ngrams == 1
+    assert published.vocab.features and not any(" " in feature for feature in published.vocab.features)
     with pytest.raises(ValueError, match="word_ngrams"):
         make_params(word_ngrams=0)
 
