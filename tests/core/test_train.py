@@ -13,7 +13,7 @@ from intentflow.features import tokenize
 from intentflow.inference import Classifier
 from intentflow.outcomes import load_outcomes
 from intentflow.split import Split
-from intentflow.train import refit_model, train_model
+from intentflow.train import denormals_flushed, refit_model, train_model
 
 from .helpers import TOY, tiny_train_config
 
@@ -113,6 +113,28 @@ def test_patience_zero_trains_every_epoch(toy_rows):
     assert len(trained.history) == 12
     assert not trained.stopped_early
     assert trained.best_epoch < 12
+
+
+def test_training_flushes_denormals_and_restores_the_mode_after(toy_rows):
+    # Adam's moments of weights that stop getting gradients decay into denormal floats, which x86 CPUs handle a
+    # hundred times slower; training flushes them to zero, and leaves the caller's mode as it found it.
+    texts, labels = texts_labels(toy_rows.train)
+    val_texts, val_labels = texts_labels(toy_rows.val)
+    seen: list[bool] = []
+    if not torch.set_flush_denormal(False):
+        pytest.skip("this CPU cannot flush denormals")
+
+    train_model(texts, labels, val_texts, val_labels, tiny_train_config(epochs=3, patience=0),
+                on_epoch=lambda stats, total: seen.append(denormals_flushed()))
+
+    assert seen == [True, True, True]
+    assert not denormals_flushed()
+    torch.set_flush_denormal(True)
+    try:
+        train_model(texts, labels, val_texts, val_labels, tiny_train_config(epochs=1, patience=0))
+        assert denormals_flushed()  # a caller that flushes already keeps flushing
+    finally:
+        torch.set_flush_denormal(False)
 
 
 def test_empty_training_set_is_refused():
