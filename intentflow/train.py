@@ -6,7 +6,6 @@ Both run the same loop, ``_fit``.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import os
@@ -318,33 +317,6 @@ def _check_val_labels(val_labels: Sequence[str], labels: list[str]) -> None:
                               "(fix: re-run prepare so every outcome has training rows)")
 
 
-def denormals_flushed() -> bool:
-    """Whether this thread's CPU arithmetic treats denormal floats (below 1.2e-38) as zero."""
-    return float(torch.tensor([1e-40]) * 1.0) == 0.0
-
-
-class _FlushDenormals(contextlib.ContextDecorator):
-    """Denormal floats flushed to zero on this thread for the duration; the previous mode restored after.
-
-    Adam's moments of a weight whose gradient stays zero (a word no batch holds, padding) decay by 0.9 and 0.999 a
-    step into denormals after several hundred steps, and x86 CPUs handle each denormal a hundred times slower: in the
-    playbook recipe the fused AdamW step took 2.4 ms instead of 0.4 ms by epoch 10, and an epoch 0.73 s instead of
-    0.45 (benchmarks/RESULTS.md). Values that small change no prediction. A no-op where the CPU cannot flush.
-    """
-
-    def _recreate_cm(self) -> _FlushDenormals:
-        return type(self)()  # one per call: the mode to restore is the calling thread's
-
-    def __enter__(self) -> _FlushDenormals:
-        self.was_on = denormals_flushed()
-        torch.set_flush_denormal(True)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        torch.set_flush_denormal(self.was_on)
-
-
-@_FlushDenormals()
 def _fit(result: TrainedModel, train_texts: Sequence[str], train_labels: Sequence[str], val_texts: Sequence[str],
          val_labels: Sequence[str], *, epochs: int, lr: float,
          on_epoch: Callable[[EpochStats, int], None] | None, keep_best: bool = True,
@@ -392,6 +364,7 @@ def _fit(result: TrainedModel, train_texts: Sequence[str], train_labels: Sequenc
     best_loss = float("inf")
     best_state: dict[str, torch.Tensor] | None = None
     epochs_without_gain = 0
+    steps = 0
 
     first = len(result.history) + 1
     total = total_epochs if total_epochs is not None else first - 1 + epochs
@@ -423,6 +396,9 @@ def _fit(result: TrainedModel, train_texts: Sequence[str], train_labels: Sequenc
                 model.input.weight.grad[:learn_rows_from] = 0
             if optimizer is not None:
                 optimizer.step()
+                steps += 1
+                if steps % SCRUB_EVERY == 0:
+                    _scrub_moments(optimizer)
             # Accumulated on the device and read once per epoch: no host sync inside the loop.
             loss_sum += loss.detach() * len(batch)
             correct += (logits.argmax(dim=1) == train_y[batch]).sum()
@@ -470,6 +446,26 @@ def _fit(result: TrainedModel, train_texts: Sequence[str], train_labels: Sequenc
     if calibrate:
         result.oos_threshold = _oos_threshold(result, val_x if has_val else None, val_y if has_val else None)
     return result
+
+
+# Adam's moments of a weight whose gradient stays zero (a word no batch holds, padding, a unit ReLU has switched off)
+# decay by 0.9 and 0.999 a step, and within a few hundred steps reach denormal floats (below 1.2e-38), which x86 CPUs
+# handle a hundred times slower: in the playbook recipe the fused AdamW step took 2.4 ms instead of 0.4 ms by epoch 10
+# (benchmarks/RESULTS.md). Moments below SCRUB_BELOW are zeroed every SCRUB_EVERY steps, which keeps them out
+# (1e-30 x 0.9^100 is still 3e-35). Such a moment moves its weight by less than lr x 1e-30 / eps = 1e-25.
+# (torch.set_flush_denormal would do it only for the calling thread, not the threads that run the kernels.)
+SCRUB_EVERY = 100
+SCRUB_BELOW = 1e-30
+
+
+def _scrub_moments(optimizer: torch.optim.Optimizer) -> None:
+    """Zero the optimiser's moments too small to matter, before they decay into denormals."""
+    with torch.no_grad():
+        for state in optimizer.state.values():
+            for key in ("exp_avg", "exp_avg_sq"):
+                moment = state.get(key)
+                if moment is not None:
+                    moment.masked_fill_(moment.abs() < SCRUB_BELOW, 0.0)
 
 
 # _RowAdam pays where the vocabulary has more rows than this many times a batch's bag entries. CLINC150's 10-shot set

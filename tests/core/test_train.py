@@ -6,6 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import intentflow.train as training
 from intentflow.config import PrepareConfig
 from intentflow.dataset import prepare_data
 from intentflow.errors import IntentflowError
@@ -13,7 +14,7 @@ from intentflow.features import tokenize
 from intentflow.inference import Classifier
 from intentflow.outcomes import load_outcomes
 from intentflow.split import Split
-from intentflow.train import denormals_flushed, refit_model, train_model
+from intentflow.train import refit_model, train_model
 
 from .helpers import TOY, tiny_train_config
 
@@ -115,26 +116,28 @@ def test_patience_zero_trains_every_epoch(toy_rows):
     assert trained.best_epoch < 12
 
 
-def test_training_flushes_denormals_and_restores_the_mode_after(toy_rows):
-    # Adam's moments of weights that stop getting gradients decay into denormal floats, which x86 CPUs handle a
-    # hundred times slower; training flushes them to zero, and leaves the caller's mode as it found it.
+def test_adam_moments_never_decay_into_denormals(toy_rows, monkeypatch):
+    # Adam's moments of weights that stop getting gradients decay a step at a time toward zero; below 1.2e-38 floats
+    # turn denormal, which x86 CPUs handle a hundred times slower. Training zeroes them before they get there.
     texts, labels = texts_labels(toy_rows.train)
     val_texts, val_labels = texts_labels(toy_rows.val)
-    seen: list[bool] = []
-    if not torch.set_flush_denormal(False):
-        pytest.skip("this CPU cannot flush denormals")
+    smallest: list[float] = []
+    scrub = training._scrub_moments
 
-    train_model(texts, labels, val_texts, val_labels, tiny_train_config(epochs=3, patience=0),
-                on_epoch=lambda stats, total: seen.append(denormals_flushed()))
+    def watched(optimizer):
+        moments = [state[key] for state in optimizer.state.values() for key in ("exp_avg", "exp_avg_sq")]
+        smallest.append(min(float(moment[moment != 0].abs().min()) for moment in moments if moment.any()))
+        scrub(optimizer)
 
-    assert seen == [True, True, True]
-    assert not denormals_flushed()
-    torch.set_flush_denormal(True)
-    try:
-        train_model(texts, labels, val_texts, val_labels, tiny_train_config(epochs=1, patience=0))
-        assert denormals_flushed()  # a caller that flushes already keeps flushing
-    finally:
-        torch.set_flush_denormal(False)
+    monkeypatch.setattr(training, "_scrub_moments", watched)
+    monkeypatch.setattr(training, "SCRUB_EVERY", 5)
+    # A learning rate that switches ReLU units off: their weights get zero gradients from then on.
+    trained = train_model(texts, labels, val_texts, val_labels,
+                          tiny_train_config(epochs=100, patience=0, lr=0.05, batch_size=4))
+
+    assert len(smallest) > 100 and all(value >= torch.finfo(torch.float32).tiny for value in smallest)
+    assert min(smallest) < 1e-25  # the moments did decay that far, and were caught in time
+    assert max(stats.train_accuracy for stats in trained.history) > 0.9
 
 
 def test_empty_training_set_is_refused():
