@@ -452,7 +452,7 @@ def _fit(result: TrainedModel, train_texts: Sequence[str], train_labels: Sequenc
 # decay by 0.9 and 0.999 a step, and within a few hundred steps reach denormal floats (below 1.2e-38), which x86 CPUs
 # handle a hundred times slower: in the playbook recipe the fused AdamW step took 2.4 ms instead of 0.4 ms by epoch 10
 # (benchmarks/RESULTS.md). Moments below SCRUB_BELOW are zeroed every SCRUB_EVERY steps, which keeps them out
-# (1e-30 x 0.9^100 is still 3e-35). Such a moment moves its weight by less than lr x 1e-30 / eps = 1e-25.
+# (1e-30 x 0.9^100 is still 3e-35). Such a moment moves its weight by about lr x 1e-30 / eps (3e-25 at lr 0.003).
 # (torch.set_flush_denormal would do it only for the calling thread, not the threads that run the kernels.)
 SCRUB_EVERY = 100
 SCRUB_BELOW = 1e-30
