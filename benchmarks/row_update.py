@@ -68,10 +68,10 @@ def main() -> None:
         vocab = training.build_vocabulary([row.text for row in rows], word_ngrams=word_ngrams,
                                           char_ngrams=settings.train.char_ngrams,
                                           pair_texts=[row.text for row in rows if not row.synthetic])
-        inputs = list(vocab.encode([row.text for row in rows]))
-        entries = int((inputs[1] != 0).sum()) / len(rows) * settings.train.batch_size
+        bags = training._Bags(*vocab.encode_flat([row.text for row in rows]))
+        entries = bags.entries_per_row() * settings.train.batch_size
         network = IntentMLP(len(vocab), 2, settings.train.hidden_size, 1, 0.0)
-        picks = ("row-only Adam" if training._update_rows_only(network, torch.device("cpu"), inputs,
+        picks = ("row-only Adam" if training._update_rows_only(network, torch.device("cpu"), bags,
                                                                settings.train.batch_size) else "AdamW")
         print(f"| {name} | {len(rows)} | {features} | {entries:.0f} | {dense:.2f} | {lazy:.2f} | {picks} |",
               flush=True)

@@ -84,18 +84,24 @@ class Vocabulary(Mapping[str, int]):
             bag = self.bag(texts[0]) or [0]
             return (torch.tensor([bag], dtype=torch.long),
                     torch.full((1, len(bag)), 1.0 / len(bag) ** 0.5 if bag != [0] else 0.0))
+        indices, weights, lengths = self.encode_flat(texts)
+        width = int(lengths.max()) if len(lengths) else 0
+        padded = torch.zeros((len(texts), width or 1), dtype=torch.long)
+        padded_weights = torch.zeros((len(texts), width or 1), dtype=torch.float32)
+        # One scatter for the whole batch instead of a small tensor per row.
+        rows = torch.repeat_interleave(torch.arange(len(texts)), lengths)
+        columns = torch.arange(len(indices)) - torch.repeat_interleave(torch.cumsum(lengths, 0) - lengths, lengths)
+        padded[rows, columns] = indices
+        padded_weights[rows, columns] = weights
+        return padded, padded_weights
+
+    def encode_flat(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The bags of ``encode`` laid end to end without padding: indices, weights, and each sentence's length."""
         bags = [self.bag(text) for text in texts]
         lengths = np.fromiter((len(bag) for bag in bags), dtype=np.int64, count=len(bags))
-        width = int(lengths.max(initial=0)) or 1
-        indices = np.zeros((len(bags), width), dtype=np.int64)
-        weights = np.zeros((len(bags), width), dtype=np.float32)
-        # One scatter for the whole batch instead of a small tensor per row.
-        rows = np.repeat(np.arange(len(bags)), lengths)
-        columns = np.arange(int(lengths.sum())) - np.repeat(np.cumsum(lengths) - lengths, lengths)
-        indices[rows, columns] = np.fromiter(itertools.chain.from_iterable(bags), dtype=np.int64,
-                                             count=int(lengths.sum()))
-        weights[rows, columns] = np.repeat(1.0 / np.sqrt(np.maximum(lengths, 1)), lengths)
-        return torch.from_numpy(indices), torch.from_numpy(weights)
+        indices = np.fromiter(itertools.chain.from_iterable(bags), dtype=np.int64, count=int(lengths.sum()))
+        weights = np.repeat((1.0 / np.sqrt(np.maximum(lengths, 1))).astype(np.float32), lengths)
+        return torch.from_numpy(indices), torch.from_numpy(weights), torch.from_numpy(lengths)
 
 
 def build_vocabulary(texts: Iterable[str], word_ngrams: int = 2, min_count: int = 1,

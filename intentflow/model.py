@@ -62,19 +62,25 @@ class IntentMLP(nn.Module):
         self.output = nn.Linear(hidden_size, num_labels)
 
     def forward(self, indices: torch.Tensor, weights: torch.Tensor | None = None,
-                input_rows: torch.Tensor | None = None) -> torch.Tensor:
+                input_rows: torch.Tensor | None = None, offsets: torch.Tensor | None = None) -> torch.Tensor:
         """``(indices, weights)`` of bags, or ``(vectors,)`` for a dense-input network.
 
-        ``input_rows``: the first layer's rows to read instead of its weight, with ``indices`` pointing into them
-        (training on the rows a batch uses; row 0 is padding).
+        Bags come padded (``[rows, width]``, index 0 and weight 0 where a sentence has no more features) or, with
+        ``offsets``, laid end to end without padding (1-d, each bag starting at its offset). ``input_rows``: the
+        first layer's rows to read instead of its weight, with ``indices`` pointing into them (training on the rows
+        a batch uses).
         """
         if self.dense_input:
             hidden = self.input(indices) + self.input_bias
-        elif input_rows is not None:
-            hidden = F.embedding_bag(indices, input_rows, per_sample_weights=weights, mode="sum",
-                                     padding_idx=0) + self.input_bias
         else:
-            hidden = self.input(indices, per_sample_weights=weights) + self.input_bias
+            rows = input_rows if input_rows is not None else self.input.weight
+            if offsets is None:
+                hidden = F.embedding_bag(indices, rows, per_sample_weights=weights, mode="sum", padding_idx=0)
+            else:
+                # No padding_idx: end-to-end bags hold no padding, and it would turn off the fast CPU kernel
+                # (forward and backward of a batch 4.4 ms instead of 6.2 on the bundled outcomes).
+                hidden = F.embedding_bag(indices, rows, offsets=offsets, per_sample_weights=weights, mode="sum")
+            hidden = hidden + self.input_bias
         hidden = self.dropout(torch.relu(hidden))
         for layer in self.hidden:
             hidden = self.dropout(torch.relu(layer(hidden)))

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import math
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -335,8 +335,11 @@ def _fit(result: TrainedModel, train_texts: Sequence[str], train_labels: Sequenc
     device = torch.device(result.device)
     label_index = {label: index for index, label in enumerate(result.labels)}
 
-    # The whole data set lives on the device; batches are drawn by index, with no per-row Python.
-    train_x = [tensor.to(device) for tensor in result.inputs(train_texts)]
+    # The whole data set lives on the device; batches are drawn by index, with no per-row Python. Bag-of-words
+    # rows are kept end to end, without padding (_Bags).
+    bags = (None if model.dense_input
+            else _Bags(*(tensor.to(device) for tensor in result.vocab.encode_flat(list(train_texts)))))
+    train_x = [tensor.to(device) for tensor in result.inputs(train_texts)] if bags is None else []
     train_y = torch.tensor([label_index[label] for label in train_labels], device=device)
     has_val = len(val_texts) > 0
     if has_val:
@@ -354,7 +357,7 @@ def _fit(result: TrainedModel, train_texts: Sequence[str], train_labels: Sequenc
     # No weight decay where only some rows learn: it would shrink the frozen rows too.
     decay = config.weight_decay if learn_rows_from is None else 0.0
     rows_adam = (_RowAdam(model.input.weight, lr, decay, learn_rows_from)
-                 if _update_rows_only(model, device, train_x, config.batch_size) else None)
+                 if _update_rows_only(model, device, bags, config.batch_size) else None)
     if rows_adam is not None:
         learning = [parameter for parameter in learning if parameter is not model.input.weight]
     # The fused kernel updates all parameters in one pass: ten times faster per step than the default on a CPU.
@@ -373,13 +376,18 @@ def _fit(result: TrainedModel, train_texts: Sequence[str], train_labels: Sequenc
         loss_sum = torch.zeros((), device=device)
         correct = torch.zeros((), device=device, dtype=torch.long)
         order = torch.randperm(rows, generator=generator, device=device)
+        batches = bags.batches(order, config.batch_size) if bags is not None else None
         for start in range(0, rows, config.batch_size):
             batch = order[start:start + config.batch_size]
-            if rows_adam is not None:
-                used, bags, rows_used = rows_adam.rows(train_x[0][batch])
-                logits = model(bags, train_x[1][batch], input_rows=rows_used)
-            else:
+            if batches is None:
                 logits = model(*(tensor[batch] for tensor in train_x))
+            elif rows_adam is not None:
+                indices, bag_weights, offsets = next(batches)
+                used, renumbered, rows_used = rows_adam.rows(indices)
+                logits = model(renumbered, bag_weights, offsets=offsets, input_rows=rows_used)
+            else:
+                indices, bag_weights, offsets = next(batches)
+                logits = model(indices, bag_weights, offsets=offsets)
             if weights is None:
                 loss = F.cross_entropy(logits, train_y[batch], label_smoothing=config.label_smoothing)
             else:
@@ -448,6 +456,44 @@ def _fit(result: TrainedModel, train_texts: Sequence[str], train_labels: Sequenc
     return result
 
 
+class _Bags:
+    """The training rows' index bags laid end to end without padding, drawn batch by batch in an epoch's order.
+
+    The first layer's fast kernel takes bags this way (a padded batch holds twice as many entries as words on the
+    bundled outcomes, and needs ``padding_idx``, which turns that kernel off). A batch's entries are gathered on
+    the device when it is drawn; the batches' sizes are read once an epoch, so no step waits on the host.
+    """
+
+    def __init__(self, indices: torch.Tensor, weights: torch.Tensor, lengths: torch.Tensor):
+        """``Vocabulary.encode_flat``'s tensors: every row's indices and weights end to end, and the rows' lengths."""
+        self.indices, self.weights, self.lengths = indices, weights, lengths
+        self.starts = torch.cumsum(lengths, dim=0) - lengths
+        self.entries = int(indices.numel())
+
+    def entries_per_row(self) -> float:
+        return self.entries / max(len(self.lengths), 1)
+
+    def batches(self, order: torch.Tensor,
+                batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """``(indices, weights, offsets)`` of each batch of ``order``'s rows, ``batch_size`` rows a batch.
+
+        Gathered batch by batch, so memory holds one batch's entries at a time, not an epoch's.
+        """
+        lengths = self.lengths[order]
+        ends = torch.cumsum(lengths, dim=0)
+        # Where each batch's entries end, read once an epoch: it sizes the gathers without a sync in the steps.
+        highs = ends[batch_size - 1::batch_size].tolist() + ([int(ends[-1])] if len(order) % batch_size else [])
+        low = 0
+        for start, high in zip(range(0, len(order), batch_size), highs, strict=True):
+            rows, counts = order[start:start + batch_size], lengths[start:start + batch_size]
+            offsets = torch.cumsum(counts, dim=0) - counts
+            # Entry j of the batch is entry j - offsets[r] of its row r, which starts at starts[r] in the data.
+            places = torch.repeat_interleave(self.starts[rows] - offsets, counts, output_size=high - low)
+            places += torch.arange(high - low, device=places.device)
+            yield self.indices[places], self.weights[places], offsets
+            low = high
+
+
 # Adam's moments of a weight whose gradient stays zero (a word no batch holds, padding, a unit ReLU has switched off)
 # decay by 0.9 and 0.999 a step, and within a few hundred steps reach denormal floats (below 1.2e-38), which x86 CPUs
 # handle a hundred times slower: in the playbook recipe the fused AdamW step took 2.4 ms instead of 0.4 ms by epoch 10
@@ -474,17 +520,16 @@ def _scrub_moments(optimizer: torch.optim.Optimizer) -> None:
 ROWS_ONLY_ABOVE = 2.0
 
 
-def _update_rows_only(model: IntentMLP, device: torch.device, train_x: list[torch.Tensor], batch_size: int) -> bool:
+def _update_rows_only(model: IntentMLP, device: torch.device, bags: _Bags | None, batch_size: int) -> bool:
     """Whether the first layer learns through ``_RowAdam``: a bag-of-words network on the CPU, large vocabulary.
 
     On a CPU AdamW's pass over every row of a large vocabulary is most of a step's time. On a GPU that pass is
     cheap, and finding a batch's rows (``torch.unique``) would stop the host for every step, so the whole weight
     learns there. Deterministic: the choice depends on the data's shape alone, never on timings.
     """
-    if model.dense_input or device.type != "cpu" or len(train_x) < 2 or train_x[1].shape[0] == 0:
+    if model.dense_input or device.type != "cpu" or bags is None or len(bags.lengths) == 0:
         return False
-    entries = int((train_x[1] != 0).sum()) / train_x[1].shape[0] * batch_size
-    return model.input.weight.shape[0] > ROWS_ONLY_ABOVE * entries
+    return model.input.weight.shape[0] > ROWS_ONLY_ABOVE * bags.entries_per_row() * batch_size
 
 
 class _RowAdam:

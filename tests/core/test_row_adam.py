@@ -11,7 +11,7 @@ from intentflow.dataset import prepare_data
 from intentflow.inference import Classifier
 from intentflow.model import IntentMLP
 from intentflow.outcomes import load_outcomes
-from intentflow.train import _RowAdam, _update_rows_only, train_model
+from intentflow.train import _Bags, _RowAdam, _update_rows_only, train_model
 
 from .helpers import TOY, tiny_train_config
 
@@ -90,11 +90,11 @@ def test_rows_before_learn_from_never_move():
 ])
 def test_the_row_only_update_is_chosen_by_the_data_shape_on_the_cpu(vocabulary, device, expected):
     model = IntentMLP(vocabulary, 3, hidden_size=4, hidden_layers=1, dropout=0.0)
-    indices, weights = bags([[1, 2, 3, 4]] * 8)
+    flat = _Bags(torch.arange(1, 33) % 4 + 1, torch.full((32,), 0.5), torch.full((8,), 4))
 
-    assert _update_rows_only(model, torch.device(device), [indices, weights], batch_size=16) is expected
+    assert _update_rows_only(model, torch.device(device), flat, batch_size=16) is expected
     dense_input = IntentMLP(0, 3, hidden_size=4, hidden_layers=1, dropout=0.0, input_dim=5)
-    assert not _update_rows_only(dense_input, torch.device("cpu"), [torch.zeros(8, 5)], batch_size=16)
+    assert not _update_rows_only(dense_input, torch.device("cpu"), None, batch_size=16)
 
 
 @pytest.fixture

@@ -259,3 +259,25 @@ def test_refit_learns_the_validation_originals_for_the_held_out_runs_epoch_count
     assert [p.label for p in Classifier.from_trained(refitted).predict_batch(texts)] == labels
     for name, value in refitted.model.state_dict().items():
         assert torch.equal(value, again.model.state_dict()[name]), name
+
+
+def test_end_to_end_bags_give_each_batch_the_logits_of_its_padded_rows(toy_rows):
+    texts, labels = texts_labels(toy_rows.train)
+    trained = train_model(texts, labels, [], [], tiny_train_config(epochs=1, patience=0))
+    texts[3] = "zzz qqq"  # no known feature: an empty bag, in both layouts
+    indices, weights = trained.vocab.encode(texts)
+    bags = training._Bags(*trained.vocab.encode_flat(texts))
+    order = torch.randperm(len(texts), generator=torch.Generator().manual_seed(0))
+    model = trained.model.eval()
+
+    batches = list(bags.batches(order, 7))
+
+    assert len(batches) == -(-len(texts) // 7)
+    assert bags.entries == int((indices != 0).sum()) and bool(bags.lengths[3] == 0)
+    with torch.no_grad():
+        for number, (flat, flat_weights, offsets) in enumerate(batches):
+            rows = order[number * 7:(number + 1) * 7]
+            assert flat.dim() == 1 and bool((flat != 0).all()) and len(offsets) == len(rows)
+            expected = model(indices[rows], weights[rows])
+            torch.testing.assert_close(model(flat, flat_weights, offsets=offsets), expected, rtol=1e-5, atol=1e-6)
+
