@@ -62,6 +62,8 @@ class RetrainParameters(BaseModel):
     dropout: float | None = Field(None, ge=0, lt=1, description=f"Dropout (playbook 0.45); {FROM_FILE}")
     weight_decay: float | None = Field(None, ge=0, le=1, description=f"Weight decay (playbook 1e-4); {FROM_FILE}")
     patience: int | None = Field(None, ge=0, description=f"Early-stopping patience, 0 = off (20); {FROM_FILE}")
+    min_delta: float | None = Field(None, ge=0, lt=1, description=f"Early stopping: share by which a validation "
+                                    f"loss must beat the best (0.01); {FROM_FILE}")
     seed: int | None = Field(None, ge=0, description=f"Seed of data and training (playbook 2025); {FROM_FILE}")
     device: Literal["auto", "cpu", "cuda"] | None = Field(None, description=f"Where to train; {FROM_FILE}")
     threshold: float | None = Field(None, ge=0, le=2, description=f"Validation accuracy to promote (0.60); above 1 "
@@ -95,8 +97,8 @@ class RetrainParameters(BaseModel):
 
     def settings(self) -> Any:
         train_keys = ("epochs", "lr", "batch_size", "hidden_size", "hidden_layers", "dropout", "weight_decay",
-                      "patience", "seed", "device", "label_smoothing", "featurizer", "word_ngrams", "char_ngrams",
-                      "embedding_model", "finetune_epochs", "refit", "oos_threshold", "unknown_label")
+                      "patience", "min_delta", "seed", "device", "label_smoothing", "featurizer", "word_ngrams",
+                      "char_ngrams", "embedding_model", "finetune_epochs", "refit", "oos_threshold", "unknown_label")
         return load_settings(self.config).with_overrides(
             prepare={"augment_factor": self.augment_factor, "seed": self.seed},
             train={key: getattr(self, key) for key in train_keys},

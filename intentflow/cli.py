@@ -30,6 +30,8 @@ TRAIN_FLAGS = {
     "dropout": (float, "dropout rate (playbook: 0.45)"),
     "weight_decay": (float, "AdamW weight decay (playbook: 1e-4)"),
     "patience": (int, "early-stopping patience in epochs, 0 disables (default 20)"),
+    "min_delta": (float, "early stopping: the share by which a validation loss must beat the best to count as "
+                         "better, 0 = any decrease (default 0.01)"),
     "label_smoothing": (float, "share of each target spread over the other labels (default 0.1)"),
     "featurizer": (str, "bow (bag-of-words) or embeddings, a sentence encoder's; needs pip install "
                         "'intentflow[embeddings]' (default bow)"),

@@ -39,6 +39,8 @@ class TrainConfig(_Strict):
     dropout: float = Field(0.45, ge=0.0, lt=1.0, description="Dropout after each hidden layer")
     weight_decay: float = Field(1e-4, ge=0.0, le=1.0, description="AdamW weight decay")
     patience: int = Field(20, ge=0, description="Early-stopping patience in epochs; 0 disables")
+    min_delta: float = Field(0.01, ge=0.0, lt=1.0, description="Early stopping: an epoch is better only if its "
+                             "validation loss is below the best by more than this share of it")
     seed: int = Field(2025, ge=0, description="Seed of initialisation, dropout and shuffling")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Where to train")
     label_smoothing: float = Field(0.1, ge=0.0, lt=1.0, description="Share of the target spread over other labels")

@@ -431,7 +431,7 @@ def _fit(result: TrainedModel, train_texts: Sequence[str], train_labels: Sequenc
         monitored = stats.val_loss if has_val else stats.train_loss
         if not keep_best:
             result.best_epoch = epoch
-        elif monitored < best_loss:
+        elif monitored < best_loss * (1 - config.min_delta):
             best_loss = monitored
             result.best_epoch = epoch
             best_state = {name: value.detach().clone() for name, value in model.state_dict().items()}

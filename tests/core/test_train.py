@@ -86,7 +86,7 @@ def test_early_stopping_restores_the_best_epoch(toy_rows):
     patience = 2
 
     trained = train_model(train_texts, train_labels, val_texts, val_labels,
-                          tiny_train_config(epochs=60, patience=patience))
+                          tiny_train_config(epochs=60, patience=patience, min_delta=0.0))
 
     assert trained.stopped_early
     assert trained.best_epoch > 1
@@ -281,3 +281,23 @@ def test_end_to_end_bags_give_each_batch_the_logits_of_its_padded_rows(toy_rows)
             expected = model(indices[rows], weights[rows])
             torch.testing.assert_close(model(flat, flat_weights, offsets=offsets), expected, rtol=1e-5, atol=1e-6)
 
+
+def test_with_min_delta_only_an_epoch_that_beats_the_best_by_that_share_counts_as_better(toy_rows):
+    args = (*texts_labels(toy_rows.train), *texts_labels(toy_rows.val))
+
+    plain = train_model(*args, tiny_train_config(epochs=40, patience=4, min_delta=0.0, dropout=0.3))
+    strict = train_model(*args, tiny_train_config(epochs=40, patience=4, min_delta=0.2, dropout=0.3))
+
+    # The same rule, replayed on the recorded losses: the best moves only on a fall of more than a fifth.
+    best_epoch, best_loss, waited = 0, float("inf"), 0
+    for stats in strict.history:
+        if stats.val_loss < best_loss * 0.8:
+            best_epoch, best_loss, waited = stats.epoch, stats.val_loss, 0
+        else:
+            waited += 1
+    assert strict.best_epoch == best_epoch and waited == 4 and strict.stopped_early
+    # Smaller falls were there to be taken: without min_delta training found a lower loss and went on longer.
+    assert min(stats.val_loss for stats in plain.history) < best_loss
+    assert len(plain.history) > len(strict.history)
+    restored = val_loss_of(strict, *texts_labels(toy_rows.val))
+    assert restored == pytest.approx(best_loss, abs=1e-5)
