@@ -459,9 +459,10 @@ def _fit(result: TrainedModel, train_texts: Sequence[str], train_labels: Sequenc
 class _Bags:
     """The training rows' index bags laid end to end without padding, drawn batch by batch in an epoch's order.
 
-    The first layer's fast kernel takes bags this way (a padded batch holds twice as many entries as words on the
-    bundled outcomes, and needs ``padding_idx``, which turns that kernel off). A batch's entries are gathered on
-    the device when it is drawn; the batches' sizes are read once an epoch, so no step waits on the host.
+    The first layer's fast kernel takes bags this way: a padded batch of the bundled outcomes has twice as many
+    slots as features, and needs ``padding_idx``, which turns that kernel off (benchmarks/first_layer.py). A
+    batch's entries are gathered on the device when it is drawn; the batches' sizes are read once an epoch, so no
+    step waits on the host.
     """
 
     def __init__(self, indices: torch.Tensor, weights: torch.Tensor, lengths: torch.Tensor):
