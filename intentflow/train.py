@@ -381,13 +381,12 @@ def _fit(result: TrainedModel, train_texts: Sequence[str], train_labels: Sequenc
             batch = order[start:start + config.batch_size]
             if batches is None:
                 logits = model(*(tensor[batch] for tensor in train_x))
-            elif rows_adam is not None:
-                indices, bag_weights, offsets = next(batches)
-                used, renumbered, rows_used = rows_adam.rows(indices)
-                logits = model(renumbered, bag_weights, offsets=offsets, input_rows=rows_used)
             else:
                 indices, bag_weights, offsets = next(batches)
-                logits = model(indices, bag_weights, offsets=offsets)
+                rows_used = None
+                if rows_adam is not None:
+                    used, indices, rows_used = rows_adam.rows(indices)
+                logits = model(indices, bag_weights, offsets=offsets, input_rows=rows_used)
             if weights is None:
                 loss = F.cross_entropy(logits, train_y[batch], label_smoothing=config.label_smoothing)
             else:
