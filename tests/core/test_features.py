@@ -1,0 +1,120 @@
+"""Batch encoding of bags of words: the same bags as one sentence at a time, whatever the text, chunking or threads."""
+
+from __future__ import annotations
+
+import pickle
+import threading
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from intentflow import features
+from intentflow.features import Vocabulary, build_vocabulary, features_of
+
+CORPUS = ["Track my parcel please", "where is my package", "don't cancel my order", "rock'n'roll music now",
+          "play some jazz", "Straße nach München", "naïve café au lait", "42 is the answer", "wake me up at 7",
+          "ﬁle a complaint", "play music play music"]
+SHAPES = [(1, 0), (2, 0), (1, 5), (2, 5), (3, 3), (2, 8)]
+
+
+def expected_bags(vocab: Vocabulary, texts: list[str]) -> list[list[int]]:
+    """The definition: each sentence's known features, each once, in column order."""
+    return [sorted({vocab[feature] for feature in features_of(text, vocab.word_ngrams, vocab.char_ngrams)
+                    if feature in vocab}) for text in texts]
+
+
+def flat_bags(vocab: Vocabulary, texts: list[str]) -> list[list[int]]:
+    indices, weights, lengths = vocab.encode_flat(texts)
+    assert indices.dtype == torch.long and len(lengths) == len(texts) and len(weights) == len(indices)
+    rows = torch.split(indices, lengths.tolist())
+    for row, weight in zip(rows, torch.split(weights, lengths.tolist()), strict=True):
+        assert torch.allclose(weight, torch.full_like(weight, 1.0 / max(len(row), 1) ** 0.5))
+    return [row.tolist() for row in rows]
+
+
+@pytest.fixture(params=SHAPES, ids=lambda shape: f"words{shape[0]}-chars{shape[1]}")
+def vocab(request) -> Vocabulary:
+    word_ngrams, char_ngrams = request.param
+    return build_vocabulary(CORPUS, word_ngrams=word_ngrams, char_ngrams=char_ngrams)
+
+
+def test_a_batch_gives_each_sentence_its_own_bag(vocab):
+    texts = ["", "   ", "play music", "PLAY, music!", "music play", "play\x00music", "a\nb\tc",
+             "parcels pakage", "unseen words only xyzzy", "café naïve", "Strasse STRASSE", "don't won't",
+             "'quoted' rock'n'roll", "123 4567 12", "snake_case_word", "emoji 🎵 music", *CORPUS]
+    assert flat_bags(vocab, texts) == expected_bags(vocab, texts)
+    assert [vocab.bag(text) for text in texts] == expected_bags(vocab, texts)
+    # Unknown words were remembered by the first call: a second gives the same bags.
+    assert flat_bags(vocab, texts[::-1]) == expected_bags(vocab, texts[::-1])
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.text(alphabet=st.characters(codec="utf-8"), max_size=40)
+                | st.sampled_from(CORPUS).map(str.upper), max_size=12),
+       st.sampled_from(SHAPES))
+def test_any_text_gets_the_bag_of_its_features(texts, shape):
+    vocab = build_vocabulary(CORPUS, word_ngrams=shape[0], char_ngrams=shape[1])
+    assert flat_bags(vocab, texts) == expected_bags(vocab, texts)
+
+
+def test_chunks_and_a_reset_word_table_change_no_bag(monkeypatch):
+    vocab = build_vocabulary(CORPUS, word_ngrams=2, char_ngrams=5)
+    texts = [f"{CORPUS[number % len(CORPUS)]} word{number} {number}" for number in range(300)]
+    expected = expected_bags(vocab, texts)
+    monkeypatch.setattr(features, "ENCODE_CHUNK", 7)
+    monkeypatch.setattr(features, "MAX_CACHED_WORDS", 50)
+    assert flat_bags(vocab, texts) == expected
+    # The table started over whenever it held more than 50 words: it never grew past one chunk's worth more.
+    assert len(vocab._words.ids) <= 50 + 7 * 4
+
+
+def test_an_alphabet_too_large_for_one_key_falls_back_to_one_word_at_a_time():
+    # 8-character n-grams of 301 distinct characters need 9 bits each, 72 in all: more than a key holds.
+    corpus = ["".join(chr(0x4E00 + number + offset) for offset in range(7)) for number in range(0, 301, 7)]
+    vocab = build_vocabulary(corpus, word_ngrams=1, char_ngrams=8)
+    assert features._CharGrams.of(vocab) is None
+    texts = [*corpus[:20], " ".join(corpus[20:25]), corpus[30][::-1], "unknown 字"]
+    assert flat_bags(vocab, texts) == expected_bags(vocab, texts)
+    assert features._CharGrams.of(build_vocabulary(corpus, word_ngrams=1, char_ngrams=7)) is not None
+
+
+def test_threads_encoding_at_once_get_the_same_bags(monkeypatch):
+    monkeypatch.setattr(features, "ENCODE_CHUNK", 16)
+    vocab = build_vocabulary(CORPUS, word_ngrams=2, char_ngrams=5)
+    batches = [[f"{text} thread{thread} n{number}" for number, text in enumerate(CORPUS * 20)]
+               for thread in range(4)]
+    results: dict[int, list[list[int]]] = {}
+
+    def encode(thread: int) -> None:
+        results[thread] = flat_bags(vocab, batches[thread])
+
+    workers = [threading.Thread(target=encode, args=(thread,)) for thread in range(4)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    assert all(results[thread] == expected_bags(vocab, batches[thread]) for thread in range(4))
+
+
+def test_a_pickled_vocabulary_encodes_the_same():
+    vocab = build_vocabulary(CORPUS, word_ngrams=2, char_ngrams=5)
+    texts = [*CORPUS, "parcels pakage"]
+    before = flat_bags(vocab, texts)
+    assert flat_bags(pickle.loads(pickle.dumps(vocab)), texts) == before
+
+
+def test_a_batch_over_many_chunks_predicts_what_one_chunk_does(toy_model, monkeypatch):
+    from intentflow import inference
+    from intentflow.inference import Classifier
+
+    classifier = Classifier.from_trained(toy_model.trained)
+    texts = [f"{row.text} {number}" for number, row in enumerate(toy_model.data.val * 3)]
+    whole = classifier.probabilities(texts)
+    monkeypatch.setattr(inference, "PREDICT_CHUNK", 5)  # many chunks: the network runs in the second thread
+    chunked = classifier.probabilities(texts)
+    assert chunked.shape == (len(texts), len(classifier.labels))
+    assert torch.allclose(chunked, whole, atol=1e-6)
+    assert [p.label for p in classifier.predict_batch(texts)] == [classifier.predict(text).label for text in texts]
+    assert classifier.probabilities([]).shape == (0, len(classifier.labels))
