@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -190,21 +191,31 @@ def _prefect_environment() -> None:
 
 def cmd_retrain(args: argparse.Namespace) -> int:
     _prefect_environment()
-    from prefect import tags
+    from intentflow.prefect_server import TemporaryServer
 
-    from flows.retrain import RetrainParameters, retrain
-
-    overrides = {name: getattr(args, name) for name in (*PREPARE_FLAGS, *TRAIN_FLAGS, "seed", "device", "threshold")
-                 if name in RetrainParameters.model_fields and getattr(args, name, None) is not None}
+    # Without a configured server, Prefect's temporary one boots while this process imports torch and the flow.
+    server = TemporaryServer.start()
     try:
-        params = RetrainParameters(outcomes=str(args.outcomes), registry=str(args.registry),
-                                   config=str(args.config) if args.config else None, force=args.force,
-                                   mode=args.mode, **overrides)
-    except ValueError as error:
-        raise IntentflowError(f"invalid retrain option: {error}") from None
-    _check_server()
-    with tags("intentflow", "manual"):
-        state = retrain(params, return_state=True)
+        from prefect import tags
+
+        from flows.retrain import RetrainParameters, retrain
+
+        overrides = {name: getattr(args, name) for name in (*PREPARE_FLAGS, *TRAIN_FLAGS, "seed", "device",
+                                                              "threshold")
+                     if name in RetrainParameters.model_fields and getattr(args, name, None) is not None}
+        try:
+            params = RetrainParameters(outcomes=str(args.outcomes), registry=str(args.registry),
+                                       config=str(args.config) if args.config else None, force=args.force,
+                                       mode=args.mode, **overrides)
+        except ValueError as error:
+            raise IntentflowError(f"invalid retrain option: {error}") from None
+        if server is None:
+            _check_server()
+        with server.serving() if server is not None else contextlib.nullcontext(), tags("intentflow", "manual"):
+            state = retrain(params, return_state=True)
+    finally:
+        if server is not None:
+            server.stop()
     message = state.message or state.name
     print(message, file=sys.stdout if state.is_completed() else sys.stderr)
     return 0 if state.is_completed() else 1

@@ -49,6 +49,14 @@ TINY: dict[str, Any] = {"config": str(REPO / "config" / "training.toml"), "augme
                         "device": "cpu", "oos_threshold": "off"}
 
 
+def retrain_command(outcomes: Path, registry: Path) -> list[str]:
+    """`intentflow retrain --force` with the tiny settings, as a child process runs it."""
+    flags = ["--outcomes", str(outcomes), "--registry", str(registry), "--config", TINY["config"], "--force"]
+    for name in ("augment_factor", "epochs", "hidden_size", "hidden_layers", "patience", "seed", "device", "threshold"):
+        flags += ["--" + name.replace("_", "-"), str(TINY[name])]
+    return [sys.executable, "-m", "intentflow.cli", "retrain", *flags]
+
+
 def write_outcomes(folder: Path, definitions: dict[str, dict[str, Any]] | None = None) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     for name, definition in (definitions or OUTCOMES).items():

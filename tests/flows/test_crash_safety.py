@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from flow_helpers import TINY, prefect_env
+from flow_helpers import TINY, prefect_env, retrain_command
 from registry_checks import assert_consistent, assert_history_is_a_chain
 
 from intentflow.checkpoint import load_checkpoint
@@ -194,13 +194,6 @@ def children() -> Iterator[list[subprocess.Popen[str]]]:
         kill_group(process)
         if process.stdout:
             process.stdout.close()
-
-
-def retrain_command(outcomes: Path, registry: Path) -> list[str]:
-    flags = ["--outcomes", str(outcomes), "--registry", str(registry), "--config", TINY["config"], "--force"]
-    for name in ("augment_factor", "epochs", "hidden_size", "hidden_layers", "patience", "seed", "device", "threshold"):
-        flags += ["--" + name.replace("_", "-"), str(TINY[name])]
-    return [sys.executable, "-m", "intentflow.cli", "retrain", *flags]
 
 
 @pytest.mark.slow
