@@ -448,3 +448,39 @@ def test_published_model_answers_unknown_below_its_threshold(make_params: Callab
     assert [answer["label"] == "no_match" for answer in answers] == [answer["confidence"] < threshold
                                                                      for answer in answers]
     assert answers[0]["label"] == "no_match"
+
+
+def test_the_run_graph_links_each_task_to_the_tasks_whose_results_it_took(
+        make_params: Callable[..., RetrainParameters]) -> None:
+    # The flow passes rows to tasks as Prefect's `opaque` (not walked into): the links must survive that.
+    import time
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    state = retrain(make_params(), return_state=True)
+    assert state.is_completed(), state.message
+    wanted = {"augment_outcomes", "split_rows", "choose_mode", "train_model", "evaluate_model", "refit_model",
+              "publish_version"}
+    deadline = time.monotonic() + 60
+    with get_client(sync_client=True) as client:
+        while True:  # task runs reach the server as events, a moment after the run
+            runs = client.read_task_runs(flow_run_filter=FlowRunFilter(
+                id=FlowRunFilterId(any_=[state.state_details.flow_run_id])))
+            by_name: dict[str, list[Any]] = {}
+            for run in runs:
+                by_name.setdefault(run.name.rsplit("-", 1)[0], []).append(run)
+            if wanted <= set(by_name) or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+
+    def upstream(name: str, parameter: str) -> set[Any]:
+        return {source.id for run in by_name[name] for source in run.task_inputs.get(parameter, [])}
+
+    [augment], [split] = by_name["augment_outcomes"], by_name["split_rows"]
+    [train] = by_name["train_model"]
+    assert upstream("split_rows", "augmented") == {augment.id}
+    assert upstream("train_model", "data") == {split.id}
+    assert upstream("choose_mode", "split") == {split.id}
+    assert upstream("refit_model", "held_out") == {train.id}
+    assert split.id in upstream("refit_model", "data")
