@@ -182,26 +182,18 @@ class _WordTable:
         new = [word for word in dict.fromkeys(words) if word not in self.ids]
         if not new:
             return
-        get = self.vocab._index.get
-        own = np.fromiter(map(get, new, itertools.repeat(0)), dtype=np.int64, count=len(new))
-        known = own > 0
         if self._grams is not None:
+            own = np.fromiter(map(self.vocab._index.get, new, itertools.repeat(0)), dtype=np.int64, count=len(new))
+            known = own > 0
             columns, owners = self._grams.lookup(new)
             columns = np.concatenate([own[known], columns])
             owners = np.concatenate([np.flatnonzero(known), owners])
             order = np.argsort(owners, kind="stable")
             columns, counts = columns[order], np.bincount(owners, minlength=len(new))
         else:  # character n-grams off, or an alphabet too large for one 64-bit key per n-gram: one by one
-            ngrams = self.vocab.char_ngrams
-            found: list[int] = []
-            counts = np.zeros(len(new), dtype=np.int64)
-            for number, word in enumerate(new):
-                grams = {get(gram) for gram in features_of(word, 0, ngrams)} if ngrams else set()
-                grams.add(int(own[number]) or None)
-                grams.discard(None)
-                found.extend(grams)
-                counts[number] = len(grams)
-            columns = np.array(found, dtype=np.int64)
+            found = [self.columns_of(word) for word in new]
+            counts = np.fromiter(map(len, found), dtype=np.int64, count=len(found))
+            columns = np.fromiter(itertools.chain.from_iterable(found), dtype=np.int64, count=int(counts.sum()))
         base = int(self._starts[self._words])
         self._starts = _append(self._starts, self._words + 1, base + np.cumsum(counts))
         self._columns = _append(self._columns, base, columns)
