@@ -28,7 +28,7 @@ from pathlib import Path
 
 from intentflow.errors import IntentflowError
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("intentflow.server")
 
 # Prefect's own exit status for "port already in use" (SubprocessASGIServer retries on another port too).
 _PORT_IN_USE = 3

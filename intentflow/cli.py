@@ -191,7 +191,7 @@ def _prefect_environment() -> None:
 
 def cmd_retrain(args: argparse.Namespace) -> int:
     _prefect_environment()
-    from intentflow.prefect_server import TemporaryServer
+    from flows.server import TemporaryServer
 
     # Without a configured server, Prefect's temporary one boots while this process imports torch and the flow.
     server = TemporaryServer.start()

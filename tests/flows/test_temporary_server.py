@@ -27,7 +27,7 @@ def listening(port: int) -> bool:
 def test_a_configured_server_is_used_as_it_is():
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    from intentflow.prefect_server import TemporaryServer
+    from flows.server import TemporaryServer
 
     with temporary_settings(updates={PREFECT_API_URL: "http://127.0.0.1:9/api"}):
         assert TemporaryServer.start() is None
