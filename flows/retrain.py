@@ -82,6 +82,8 @@ class RetrainParameters(BaseModel):
                                         f"(bundled all-MiniLM-L6-v2); {FROM_FILE}")
     finetune_epochs: int | None = Field(None, ge=0, le=1000, description=f"Contrastive fine-tuning epochs of the "
                                         f"encoder, 0 = frozen (2); {FROM_FILE}")
+    finetune_lr: float | None = Field(None, gt=0, le=1, description=f"Learning rate of the encoder's fine-tuning "
+                                      f"(2e-05); {FROM_FILE}")
     refit: bool | None = Field(None, description=f"After the gate passes, train again on the training and validation "
                                f"rows for the chosen epoch count and publish that model (true); {FROM_FILE}")
     oos_threshold: Literal["auto", "off"] | float | None = Field(
@@ -100,7 +102,8 @@ class RetrainParameters(BaseModel):
     def settings(self) -> Any:
         train_keys = ("epochs", "lr", "batch_size", "hidden_size", "hidden_layers", "dropout", "weight_decay",
                       "patience", "min_delta", "seed", "device", "label_smoothing", "featurizer", "word_ngrams",
-                      "char_ngrams", "embedding_model", "finetune_epochs", "refit", "oos_threshold", "unknown_label")
+                      "char_ngrams", "embedding_model", "finetune_epochs", "finetune_lr", "refit", "oos_threshold",
+                      "unknown_label")
         return load_settings(self.config).with_overrides(
             prepare={"augment_factor": self.augment_factor, "seed": self.seed},
             train={key: getattr(self, key) for key in train_keys},

@@ -142,3 +142,14 @@ def test_cli_help_states_the_real_defaults():
             assert stated.group(1) == (expected or "empty"), name
         else:
             assert float(stated.group(1)) == expected, name
+
+
+def test_every_train_flag_reaches_the_training_settings(tmp_path):
+    from intentflow.cli import _settings, build_parser
+
+    args = build_parser().parse_args(["retrain", "--config", str(BUNDLED_SETTINGS), "--finetune-lr", "1e-4",
+                                      "--finetune-epochs", "3", "--char-ngrams", "4"])
+    train = _settings(args, prepare=True, train=True).train
+
+    assert (train.finetune_lr, train.finetune_epochs, train.char_ngrams) == (1e-4, 3, 4)
+    assert train.lr == Settings().train.lr  # not flagged: from the file

@@ -89,6 +89,15 @@ def test_word_ngrams_asked_of_the_flow_reach_the_published_model(
         make_params(word_ngrams=0)
 
 
+def test_training_parameters_of_the_flow_reach_its_settings() -> None:
+    settings = RetrainParameters(finetune_lr=1e-4, finetune_epochs=3, hidden_size=64).settings()
+
+    assert (settings.train.finetune_lr, settings.train.finetune_epochs, settings.train.hidden_size) == (1e-4, 3, 64)
+    assert settings.train.lr == RetrainParameters().settings().train.lr  # not given: from config/training.toml
+    with pytest.raises(ValueError, match="finetune_lr"):
+        RetrainParameters(finetune_lr=0)
+
+
 def test_unchanged_second_run_is_up_to_date(make_params: Callable[..., RetrainParameters]) -> None:
     params = make_params()
     assert retrain(params, return_state=True).is_completed()
