@@ -42,8 +42,8 @@ TRAIN_FLAGS = {
                          "0 = words only (default 5)"),
     "embedding_model": (str, "sentence encoder, hub name or folder; empty = the bundled all-MiniLM-L6-v2 "
                              "(default empty)"),
-    "finetune_epochs": (int, "contrastive fine-tuning epochs of the encoder, 0 keeps it frozen (default 2)"),
-    "finetune_lr": (float, "learning rate of the encoder's fine-tuning (default 2e-05)"),
+    "finetune_epochs": (int, "contrastive fine-tuning epochs of the encoder, 0 keeps it frozen (default 4)"),
+    "finetune_lr": (float, "learning rate of the encoder's fine-tuning (default 5e-05)"),
     "oos_threshold": (lambda text: text if text in ("auto", "off") else float(text),
                       "confidence below which the answer is the unknown label: auto = calibrated on validation "
                       "for embeddings, off for bow; off; or a number from 0 to 1 (default auto)"),
