@@ -51,11 +51,16 @@ def evaluate_model(classifier: Classifier, texts: Sequence[str], labels: Sequenc
 
     A row is out of scope when its label is the classifier's unknown label or one of ``oos_labels``.
     """
-    decided = [prediction.label for prediction in classifier.predict_batch(texts)]
     threshold = getattr(classifier, "oos_threshold", None)
     unknown = getattr(classifier, "unknown_label", "unknown")
-    top = decided if threshold is None else [prediction.label for prediction in
-                                             classifier.predict_batch(texts, apply_oos=False)]
+    if threshold is None:
+        decided = top = [prediction.label for prediction in classifier.predict_batch(texts)]
+    else:  # one pass of the network: the top outcome, and the decision the threshold makes of it
+        predictions = classifier.predict_batch(texts, apply_oos=False)
+        top = [prediction.label for prediction in predictions]
+        column = {label: index for index, label in enumerate(classifier.labels)}
+        decided = [classifier.decide(column[prediction.label], prediction.confidence).label
+                   for prediction in predictions]
     out_of_scope = {unknown, *oos_labels}
     inside = [position for position, label in enumerate(labels) if label not in out_of_scope]
     outside = [position for position, label in enumerate(labels) if label in out_of_scope]
