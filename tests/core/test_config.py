@@ -144,7 +144,7 @@ def test_cli_help_states_the_real_defaults():
             assert float(stated.group(1)) == expected, name
 
 
-def test_every_train_flag_reaches_the_training_settings(tmp_path):
+def test_train_flags_reach_the_training_settings():
     from intentflow.cli import _settings, build_parser
 
     args = build_parser().parse_args(["retrain", "--config", str(BUNDLED_SETTINGS), "--finetune-lr", "1e-4",
