@@ -81,7 +81,7 @@ class RetrainParameters(BaseModel):
     embedding_model: str | None = Field(None, max_length=1000, description=f"Sentence encoder, hub name or folder "
                                         f"(bundled all-MiniLM-L6-v2); {FROM_FILE}")
     finetune_epochs: int | None = Field(None, ge=0, le=1000, description=f"Contrastive fine-tuning epochs of the "
-                                        f"encoder, 0 = frozen (4); {FROM_FILE}")
+                                        f"encoder, 0 = frozen (6); {FROM_FILE}")
     finetune_lr: float | None = Field(None, gt=0, le=1, description=f"Learning rate of the encoder's fine-tuning "
                                       f"(5e-05); {FROM_FILE}")
     refit: bool | None = Field(None, description=f"After the gate passes, train again on the training and validation "

@@ -42,7 +42,7 @@ TRAIN_FLAGS = {
                          "0 = words only (default 5)"),
     "embedding_model": (str, "sentence encoder, hub name or folder; empty = the bundled all-MiniLM-L6-v2 "
                              "(default empty)"),
-    "finetune_epochs": (int, "contrastive fine-tuning epochs of the encoder, 0 keeps it frozen (default 4)"),
+    "finetune_epochs": (int, "contrastive fine-tuning epochs of the encoder, 0 keeps it frozen (default 6)"),
     "finetune_lr": (float, "learning rate of the encoder's fine-tuning (default 5e-05)"),
     "oos_threshold": (lambda text: text if text in ("auto", "off") else float(text),
                       "confidence below which the answer is the unknown label: auto = calibrated on validation "

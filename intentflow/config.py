@@ -51,7 +51,7 @@ class TrainConfig(_Strict):
                              "of 2 to this many characters inside each word; 0 = words only")
     embedding_model: str = Field("", max_length=1000, description="Sentence encoder (hub name or folder); "
                                  "empty = the bundled all-MiniLM-L6-v2")
-    finetune_epochs: int = Field(4, ge=0, le=1000, description="Contrastive fine-tuning epochs of the encoder; "
+    finetune_epochs: int = Field(6, ge=0, le=1000, description="Contrastive fine-tuning epochs of the encoder; "
                                  "0 keeps it frozen")
     finetune_lr: float = Field(5e-5, gt=0.0, le=1.0, description="Learning rate of encoder fine-tuning")
     refit: bool = Field(True, description="After the gate passes, train again on the training and validation rows "
