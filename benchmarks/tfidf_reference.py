@@ -12,7 +12,6 @@ bag-of-words runs seed by seed. The data README's 83.2% is this method on a draw
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import tempfile
 import time
@@ -20,6 +19,7 @@ from pathlib import Path
 
 from common import command, machine, stamp  # noqa: I001 - sets sys.path for intentflow
 
+from intentflow.dataset import read_labelled
 from intentflow.fewshot import DEFAULT_DATA
 from intentflow.importer import import_outcomes, outcome_name
 from intentflow.outcomes import load_outcomes
@@ -57,8 +57,8 @@ def main() -> None:
     parser.add_argument("--score-on", choices=["test", "val"], default="test")
     args = parser.parse_args()
 
-    scored = [json.loads(line) for line in (args.data / f"{args.score_on}.jsonl").read_text().splitlines() if line]
-    texts, labels = [row["text"] for row in scored], [outcome_name(row["label"]) for row in scored]
+    texts, raw_labels, _ = read_labelled(args.data / f"{args.score_on}.jsonl")
+    labels = [outcome_name(label) for label in raw_labels]
     print(f"machine: {machine()}\ndate: {stamp()}\ncommand: {command()}\n")
     print(f"| C | {' | '.join(f'seed {seed}' for seed in args.seeds)} | mean | seconds a run |")
     print(f"| ---: |{' ---: |' * (len(args.seeds) + 2)}")

@@ -56,11 +56,10 @@ def evaluate_model(classifier: Classifier, texts: Sequence[str], labels: Sequenc
     if threshold is None:
         decided = top = [prediction.label for prediction in classifier.predict_batch(texts)]
     else:  # one pass of the network: the top outcome, and the decision the threshold makes of it
-        predictions = classifier.predict_batch(texts, apply_oos=False)
-        top = [prediction.label for prediction in predictions]
-        column = {label: index for index, label in enumerate(classifier.labels)}
-        decided = [classifier.decide(column[prediction.label], prediction.confidence).label
-                   for prediction in predictions]
+        confidence, index = classifier.probabilities(texts).max(dim=1)
+        pairs = list(zip(index.tolist(), confidence.tolist(), strict=True))
+        top = [classifier.labels[column] for column, _ in pairs]
+        decided = [classifier.decide(column, value).label for column, value in pairs]
     out_of_scope = {unknown, *oos_labels}
     inside = [position for position, label in enumerate(labels) if label not in out_of_scope]
     outside = [position for position, label in enumerate(labels) if label in out_of_scope]
