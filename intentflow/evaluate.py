@@ -56,8 +56,7 @@ def evaluate_model(classifier: Classifier, texts: Sequence[str], labels: Sequenc
     if threshold is None:
         decided = top = [prediction.label for prediction in classifier.predict_batch(texts)]
     else:  # one pass of the network: the top outcome, and the decision the threshold makes of it
-        confidence, index = classifier.probabilities(texts).max(dim=1)
-        pairs = list(zip(index.tolist(), confidence.tolist(), strict=True))
+        pairs = classifier.top(texts)
         top = [classifier.labels[column] for column, _ in pairs]
         decided = [classifier.decide(column, value).label for column, value in pairs]
     out_of_scope = {unknown, *oos_labels}

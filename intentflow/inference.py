@@ -133,12 +133,16 @@ class Classifier:
             logits = self.model(*inputs[:2], offsets=inputs[2]) if len(inputs) == 3 else self.model(*inputs)
             return torch.softmax(logits.float(), dim=1)
 
+    def top(self, texts: Sequence[str]) -> list[tuple[int, float]]:
+        """The most probable label's index and its probability, per text, before any threshold (see ``decide``)."""
+        confidence, index = self.probabilities(texts).max(dim=1)
+        return list(zip(index.tolist(), confidence.tolist(), strict=True))
+
     def predict_batch(self, texts: Sequence[str], apply_oos: bool = True) -> list[Prediction]:
         """Label and confidence per text; ``apply_oos=False`` gives the top label even below the threshold."""
-        confidence, index = self.probabilities(texts).max(dim=1)
         if not apply_oos:
-            return [Prediction(self.labels[i], c) for i, c in zip(index.tolist(), confidence.tolist(), strict=True)]
-        return [self.decide(i, c) for i, c in zip(index.tolist(), confidence.tolist(), strict=True)]
+            return [Prediction(self.labels[index], confidence) for index, confidence in self.top(texts)]
+        return [self.decide(index, confidence) for index, confidence in self.top(texts)]
 
     def decide(self, index: int, confidence: float) -> Prediction:
         """The prediction for top label ``index`` at ``confidence``: unknown below the out-of-scope threshold."""
