@@ -93,6 +93,26 @@ def test_fine_tuning_changes_the_encoder_and_a_frozen_one_is_not_stored(tmp_path
     assert torch.allclose(frozen.encoder.encode(texts), base, atol=1e-5)
 
 
+@pytest.mark.parametrize("pays", [False, True])
+def test_fine_tuning_autocasts_to_bfloat16_only_where_it_pays(pays, monkeypatch):
+    import intentflow.encoder as encoder_module
+
+    monkeypatch.setattr(encoder_module, "bfloat16_pays", lambda device: pays)
+    texts, labels = toy_texts()
+    encoder = SentenceEncoder("", cache_dir=None)
+    autocast: list[bool] = []
+    embed = encoder._embed
+    monkeypatch.setattr(encoder, "_embed",
+                        lambda batch: autocast.append(torch.is_autocast_enabled("cpu")) or embed(batch))
+    before = encoder.encode(texts)
+
+    encoder.finetune(texts, labels, epochs=1, lr=1e-4, seed=0)
+
+    assert autocast and set(autocast) == {pays}
+    assert all(value.dtype != torch.bfloat16 for value in encoder.model.state_dict().values())
+    assert not torch.allclose(encoder.encode(texts), before, atol=1e-3)
+
+
 def test_vectors_are_encoded_once_per_distinct_sentence_and_cached_on_disk(tmp_path, monkeypatch):
     encoder = SentenceEncoder("", cache_dir=tmp_path)
     calls: list[list[str]] = []
