@@ -240,7 +240,9 @@ class _WordTable:
             found_rows.append(sentence[:len(run_columns)][known])
         width = len(self.vocab)
         keys = np.concatenate(found_rows) * width + np.concatenate(found_columns)
-        keys.sort()
+        # Stable (timsort): it takes the runs the keys already hold (each part is in sentence order), 0.72 s
+        # against 1.04 s for the default sort over 100,000 sentences' bags (benchmarks/RESULTS.md).
+        keys.sort(kind="stable")
         keys = keys[np.concatenate(([True], keys[1:] != keys[:-1]))] if len(keys) else keys
         rows = keys // width
         return keys - rows * width, np.bincount(rows, minlength=len(texts))

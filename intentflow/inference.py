@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from itertools import repeat
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -140,9 +141,15 @@ class Classifier:
 
     def predict_batch(self, texts: Sequence[str], apply_oos: bool = True) -> list[Prediction]:
         """Label and confidence per text; ``apply_oos=False`` gives the top label even below the threshold."""
-        if not apply_oos:
-            return [Prediction(self.labels[index], confidence) for index, confidence in self.top(texts)]
-        return [self.decide(index, confidence) for index, confidence in self.top(texts)]
+        confidence, index = self.probabilities(texts).max(dim=1)
+        names = self.labels
+        if apply_oos and self.oos_threshold is not None:
+            # In float64, as ``decide`` compares: a float32 confidence converts exactly.
+            index = torch.where(confidence.double() < self.oos_threshold, len(names), index)
+            names = [*names, self.unknown_label]
+        # tuple.__new__ builds the named tuples in C: one Python call per sentence was a sixth of a batch's time.
+        return list(map(tuple.__new__, repeat(Prediction), zip(map(names.__getitem__, index.tolist()),
+                                                               confidence.tolist(), strict=True)))
 
     def decide(self, index: int, confidence: float) -> Prediction:
         """The prediction for top label ``index`` at ``confidence``: unknown below the out-of-scope threshold."""

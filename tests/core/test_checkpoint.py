@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -10,7 +11,7 @@ import torch
 
 from intentflow.checkpoint import FORMAT_VERSION, build_payload, load_checkpoint, metrics_path, save_checkpoint
 from intentflow.errors import IntentflowError
-from intentflow.inference import Classifier, load_classifier, predict
+from intentflow.inference import Classifier, Prediction, load_classifier, predict
 from intentflow.model import IntentMLP
 
 from .helpers import TOY
@@ -96,6 +97,24 @@ def test_batched_equals_one_by_one(checkpoint):
     assert [p.label for p in batched] == [p.label for p in single]
     for many, one in zip(batched, single, strict=True):
         assert many.confidence == pytest.approx(one.confidence, abs=1e-6)
+
+
+def test_batched_threshold_decides_as_one_by_one_at_the_boundary(checkpoint):
+    classifier = Classifier.load(checkpoint)
+    confidences = [p.confidence for p in classifier.predict_batch(PROBES, apply_oos=False)]
+    middle = sorted(confidences)[len(confidences) // 2]
+
+    # At a probe's own confidence it is kept; a hair above (lost if compared in float32) it is unknown.
+    unknowns = []
+    for threshold in (middle, math.nextafter(middle, 1.0)):
+        classifier.oos_threshold = threshold
+        batched = classifier.predict_batch(PROBES)
+
+        assert batched == [classifier.decide(index, confidence) for index, confidence in classifier.top(PROBES)]
+        assert all(type(p) is Prediction for p in batched)
+        unknowns.append(sum(p.label == classifier.unknown_label for p in batched))
+        assert unknowns[-1] == sum(confidence < threshold for confidence in confidences)
+    assert unknowns[1] > unknowns[0]
 
 
 def test_batches_larger_than_a_chunk_equal_one_by_one(checkpoint, monkeypatch):
