@@ -146,7 +146,12 @@ def _free_port() -> int:
 
 
 def _die_with_parent() -> None:
-    """In the child before exec: the kernel sends it SIGTERM when the process that started it dies."""
+    """In the child before exec: the kernel sends it SIGKILL when the process that started it dies.
+
+    Not SIGTERM: with no client left there is nothing to shut down gracefully for, and on SIGTERM the server's
+    event recorder, cancelled mid-flush, printed a CancelledError traceback into the dead command's output
+    (SQLite keeps Prefect's database consistent through a kill; the normal way out is ``stop``, which terminates).
+    """
     libc = ctypes.CDLL(None, use_errno=True)
     pr_set_pdeathsig = 1
-    libc.prctl(pr_set_pdeathsig, signal.SIGTERM)
+    libc.prctl(pr_set_pdeathsig, signal.SIGKILL)

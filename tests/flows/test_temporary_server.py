@@ -63,6 +63,9 @@ def test_retrain_runs_on_its_own_server_which_stops_after_the_run_and_after_a_ki
         while listening(port) and time.monotonic() < deadline:
             time.sleep(0.2)
         assert not listening(port), "the server outlived the killed command"
+        # The server shared the command's output; it went without a word (no traceback of its shutdown).
+        rest = killed.stdout.read()
+        assert "Traceback" not in rest, rest[-4000:]
     finally:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(killed.pid, signal.SIGKILL)
