@@ -50,6 +50,22 @@ def test_a_batch_gives_each_sentence_its_own_bag(vocab):
     assert flat_bags(vocab, texts[::-1]) == expected_bags(vocab, texts[::-1])
 
 
+def test_an_ascii_batch_takes_the_fast_tokeniser_and_gets_the_same_bags(vocab):
+    texts = ["", "play music", "PLAY, music!", "play\x00music", "a\nb\tc", "don't won't", "'quoted' music'",
+             "a''b x'_y", "rock'n'roll", "123 4567 12", "snake_case_word", "it's 5'o clock", *CORPUS[:5]]
+    assert all(text.isascii() for text in texts)
+    assert flat_bags(vocab, texts) == expected_bags(vocab, texts)
+    assert flat_bags(vocab, [text for text in texts if "rock'n" not in text]) == \
+        expected_bags(vocab, [text for text in texts if "rock'n" not in text])
+
+
+# The characters where the fast tokeniser and the regex could part ways: apostrophes, underscores, separators.
+@settings(max_examples=400, deadline=None)
+@given(st.text(alphabet="ab1 '_\x00-.\t\n\x1e", max_size=30))
+def test_the_fast_ascii_tokeniser_finds_what_the_regex_finds(text):
+    assert features._ascii_tokens(text) == features._ASCII_TOKEN_OR_SEPARATOR.findall(text)
+
+
 @settings(max_examples=60, deadline=None)
 @given(st.lists(st.text(alphabet=st.characters(codec="utf-8"), max_size=40)
                 | st.sampled_from(CORPUS).map(str.upper), max_size=12),
