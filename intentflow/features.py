@@ -257,7 +257,7 @@ class _WordTable:
 
 
 def _ascii_tokens(blob: str) -> list[str]:
-    """``_ASCII_TOKEN_OR_SEPARATOR.findall(blob)`` for case-folded ASCII text, four to five times faster: C string
+    """``_ASCII_TOKEN_OR_SEPARATOR.findall(blob)`` for case-folded ASCII text, three to five times faster: C string
     methods do what the regex engine does a character at a time (benchmarks/RESULTS.md)."""
     if "'" in blob:
         if _APOSTROPHE_CHAIN.search(blob):
