@@ -133,11 +133,12 @@ class Vocabulary(Mapping[str, int]):
     def encode_flat(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The bags of ``encode`` laid end to end without padding: indices, weights, and each sentence's length.
 
-        Each sentence's indices are its ``bag``. They are found for a chunk of sentences at once: one regex call
-        tokenises the chunk; each word's columns (the word's and its character n-grams') come from a table that
-        works them out once per distinct word, and for all of a chunk's new words at once; word pairs are found by
-        one sorted search; one sort drops each sentence's duplicates. No Python runs per feature, so batches with
-        character n-grams encode several times faster than sentence by sentence (benchmarks/inference_speed.py).
+        Each sentence's indices are its ``bag``. They are found for a chunk of sentences at once: one call
+        tokenises the chunk (string methods on ASCII text, else a regex); each word's columns (the word's and its
+        character n-grams') come from a table that works them out once per distinct word, and for all of a chunk's
+        new words at once; word pairs are found by one sorted search; one sort drops each sentence's duplicates.
+        No Python runs per feature, so batches with character n-grams encode several times faster than sentence
+        by sentence (benchmarks/inference_speed.py).
         """
         parts = [self._words.encode(list(texts[start:start + ENCODE_CHUNK]))
                  for start in range(0, len(texts), ENCODE_CHUNK)]
