@@ -78,6 +78,8 @@ class RetrainParameters(BaseModel):
     char_ngrams: int | None = Field(None, ge=0, le=MAX_CHAR_NGRAMS, description=f"Bag-of-words: also character "
                                     f"n-grams of 2 to this many characters inside each word, 0 = words only (5); "
                                     f"{FROM_FILE}")
+    linear_share: float | None = Field(None, ge=0, le=1, description=f"Bag-of-words: share of the logits from a "
+                                       f"logistic regression on the examples, 0 = MLP alone (0.5); {FROM_FILE}")
     embedding_model: str | None = Field(None, max_length=1000, description=f"Sentence encoder, hub name or folder "
                                         f"(bundled all-MiniLM-L6-v2); {FROM_FILE}")
     finetune_epochs: int | None = Field(None, ge=0, le=1000, description=f"Contrastive fine-tuning epochs of the "
@@ -102,8 +104,8 @@ class RetrainParameters(BaseModel):
     def settings(self) -> Any:
         train_keys = ("epochs", "lr", "batch_size", "hidden_size", "hidden_layers", "dropout", "weight_decay",
                       "patience", "min_delta", "seed", "device", "label_smoothing", "featurizer", "word_ngrams",
-                      "char_ngrams", "embedding_model", "finetune_epochs", "finetune_lr", "refit", "oos_threshold",
-                      "unknown_label")
+                      "char_ngrams", "linear_share", "embedding_model", "finetune_epochs", "finetune_lr", "refit",
+                      "oos_threshold", "unknown_label")
         return load_settings(self.config).with_overrides(
             prepare={"augment_factor": self.augment_factor, "seed": self.seed},
             train={key: getattr(self, key) for key in train_keys},

@@ -49,12 +49,14 @@ def build_payload(trained: TrainedModel, *, outcome_hash: str, prepare: dict[str
             # The playbook's evaluate step rebuilds the architecture from these keys.
             "vocab_size": len(trained.vocab),
             "num_labels": len(trained.labels),
-            "hidden_size": config.hidden_size,
+            # The network's width: config.hidden_size, plus the units a folded linear model added.
+            "hidden_size": trained.model.input_bias.shape[0],
             "hidden_layers": config.hidden_layers,
             "dropout": config.dropout,
             "word_ngrams": trained.vocab.word_ngrams,
             "char_ngrams": trained.vocab.char_ngrams,
             **features,
+            **({"linear": dict(trained.linear)} if trained.linear else {}),
             "train": config.model_dump(),
             "prepare": prepare,
         },

@@ -40,6 +40,8 @@ TRAIN_FLAGS = {
                          "1 = single words only (default 2)"),
     "char_ngrams": (int, "bag-of-words: also character n-grams of 2 to this many characters inside each word, "
                          "0 = words only (default 5)"),
+    "linear_share": (float, "bag-of-words: share of the answer from a logistic regression on the examples, "
+                            "folded into the network, 0 = the MLP alone (default 0.5)"),
     "embedding_model": (str, "sentence encoder, hub name or folder; empty = the bundled all-MiniLM-L6-v2 "
                              "(default empty)"),
     "finetune_epochs": (int, "contrastive fine-tuning epochs of the encoder, 0 keeps it frozen (default 6)"),

@@ -49,6 +49,8 @@ class TrainConfig(_Strict):
                              "to this many words; 1 = single words only")
     char_ngrams: int = Field(5, ge=0, le=MAX_CHAR_NGRAMS, description="Bag-of-words: also the character n-grams "
                              "of 2 to this many characters inside each word; 0 = words only")
+    linear_share: float = Field(0.5, ge=0.0, le=1.0, description="Bag-of-words: share of the logits from a "
+                                "logistic regression on the examples, folded into the network; 0 = the MLP alone")
     embedding_model: str = Field("", max_length=1000, description="Sentence encoder (hub name or folder); "
                                  "empty = the bundled all-MiniLM-L6-v2")
     finetune_epochs: int = Field(6, ge=0, le=1000, description="Contrastive fine-tuning epochs of the encoder; "

@@ -21,6 +21,7 @@ from intentflow.augment import Row
 from intentflow.config import IncrementalConfig, TrainConfig
 from intentflow.errors import IntentflowError
 from intentflow.features import Vocabulary, build_vocabulary
+from intentflow.linear import LINEAR_C, fit_linear, fold_linear
 from intentflow.model import IntentMLP
 from intentflow.split import Split
 
@@ -71,6 +72,12 @@ class TrainedModel:
     # Set on a model refit on every row (``refit``): how, and on how much. ``history`` and ``best_epoch`` are then
     # the held-out run's, which chose the epoch count and was validated.
     refit: dict[str, Any] | None = None
+    # Set where a linear model of the examples is folded into the network (``linear_share``): its share of the
+    # logits, the hidden units it added, and how many examples it learnt from.
+    linear: dict[str, Any] | None = None
+    # Validation loss and accuracy of the network after the fold, where they differ from ``history``'s best epoch
+    # (which scored the MLP alone); a refit takes its held-out run's.
+    folded_scores: dict[str, float] | None = None
 
     def inputs(self, texts: Sequence[str]) -> list[torch.Tensor]:
         """The network's input tensors for ``texts``: index bags and weights, or sentence vectors."""
@@ -81,17 +88,19 @@ class TrainedModel:
     @property
     def metrics(self) -> dict[str, float | int | bool | None]:
         best = self.history[self.best_epoch - 1] if self.history else None
+        folded = self.folded_scores
         return {
             "best_epoch": self.best_epoch,
             "epochs_run": len(self.history),
             "stopped_early": self.stopped_early,
             "train_loss": best.train_loss if best else None,
             "train_accuracy": best.train_accuracy if best else None,
-            "val_loss": best.val_loss if best else None,
-            "val_accuracy": best.val_accuracy if best else None,
+            "val_loss": folded["val_loss"] if folded else best.val_loss if best else None,
+            "val_accuracy": folded["val_accuracy"] if folded else best.val_accuracy if best else None,
             "device": self.device,
             "oos_threshold": self.oos_threshold,
             "refit": self.refit,
+            "linear": self.linear,
         }
 
 
@@ -113,6 +122,7 @@ def train_model(
     on_epoch: Callable[[EpochStats, int], None] | None = None,
     val_is_original: Sequence[bool] | None = None,
     pair_texts: Sequence[str] | None = None,
+    train_is_original: Sequence[bool] | None = None,
 ) -> TrainedModel:
     """Train an ``IntentMLP`` and return it with the weights of its best validation epoch.
 
@@ -123,6 +133,9 @@ def train_model(
     ``val_is_original`` marks the validation rows written by people (not paraphrases); the out-of-scope threshold
     is calibrated on those alone, since a paraphrase of a held-out sentence is scored more confidently than what
     users type. None: all rows.
+
+    ``train_is_original`` marks the training rows written by people: the linear model folded into a bag-of-words
+    network (``linear_share``) learns from those alone. None: all rows.
     """
     if not train_texts:
         raise IntentflowError("the training set is empty (fix: prepare data from at least one outcome)")
@@ -133,7 +146,8 @@ def train_model(
                               "(fix: rename the outcome, or set [train] unknown_label to another name)")
     result = _new_model(train_texts, train_labels, labels, config, pair_texts)
     return _fit(result, train_texts, train_labels, val_texts, val_labels, epochs=config.epochs, lr=config.lr,
-                on_epoch=on_epoch, val_is_original=val_is_original)
+                on_epoch=on_epoch, val_is_original=val_is_original,
+                linear_rows=_originals(train_texts, train_labels, train_is_original))
 
 
 def _new_model(train_texts: Sequence[str], train_labels: Sequence[str], labels: list[str],
@@ -163,7 +177,8 @@ def train_split(split: Split, config: TrainConfig,
     return train_model([row.text for row in split.train], [row.label for row in split.train],
                        [row.text for row in split.val], [row.label for row in split.val], config,
                        on_epoch=on_epoch, val_is_original=[not row.synthetic for row in split.val],
-                       pair_texts=[row.text for row in split.train if not row.synthetic])
+                       pair_texts=[row.text for row in split.train if not row.synthetic],
+                       train_is_original=[not row.synthetic for row in split.train])
 
 
 def refit_model(held_out: TrainedModel, split: Split,
@@ -181,12 +196,13 @@ def refit_model(held_out: TrainedModel, split: Split,
     result = _new_model(texts, targets, held_out.labels, held_out.config,
                         [row.text for row in rows if not row.synthetic])
     _fit(result, texts, targets, [], [], epochs=epochs, lr=held_out.config.lr, on_epoch=on_epoch, keep_best=False,
-         calibrate=False)
+         calibrate=False, linear_rows=_originals(texts, targets, [not row.synthetic for row in rows]))
     last = result.history[-1]
     result.refit = {"epochs": epochs, "rows": len(rows), "originals": len({row.original for row in rows}),
                     "train_loss": last.train_loss, "train_accuracy": last.train_accuracy}
     result.history, result.best_epoch = list(held_out.history), held_out.best_epoch
     result.stopped_early, result.oos_threshold = held_out.stopped_early, held_out.oos_threshold
+    result.folded_scores = held_out.folded_scores
     logger.info("refit on all %d rows (%d originals) for %d epochs, the held-out run's best", len(rows),
                 result.refit["originals"], epochs)
     return result
@@ -227,8 +243,12 @@ def continue_training(
         raise IntentflowError("incremental training got no new rows (fix: run a full retrain, mode full)")
     labels = list(production["labels"])
     architecture = production["config"]
+    # A folded linear model widened production's hidden layers; they keep that width (and go on learning).
+    linear = architecture.get("linear") if isinstance(architecture.get("linear"), dict) else None
+    width = architecture.get("hidden_size")
     expected = {"hidden_size": config.hidden_size, "hidden_layers": config.hidden_layers}
-    found = {key: architecture.get(key) for key in expected}
+    found = {"hidden_size": width - int(linear["hidden_units"]) if linear and isinstance(width, int) else width,
+             "hidden_layers": architecture.get("hidden_layers")}
     if found != expected:
         raise IntentflowError(f"production's network {found} differs from the config's {expected}, so training "
                               "cannot continue from it (fix: run a full retrain, mode full)")
@@ -246,7 +266,7 @@ def continue_training(
                             pair_texts=[row.text for row in rows if not row.synthetic])
     added = [feature for feature in seen.features if feature not in known]
     vocab = Vocabulary([*production["vocab"], *added], word_ngrams=word_ngrams, char_ngrams=char_ngrams)
-    model = IntentMLP(len(vocab), len(labels), config.hidden_size, config.hidden_layers, config.dropout)
+    model = IntentMLP(len(vocab), len(labels), width, config.hidden_layers, config.dropout)
     state = dict(production["state_dict"])
     old_rows = state["input.weight"]
     grown = torch.zeros((len(vocab), old_rows.shape[1]), dtype=old_rows.dtype)
@@ -255,7 +275,8 @@ def continue_training(
     model.load_state_dict(state)
     logger.info("continuing from production: %d new rows, %d replayed, %d new features (vocabulary %d -> %d)",
                 len(new_train), len(replay_train), len(added), old_rows.shape[0], len(vocab))
-    result = TrainedModel(model=model, vocab=vocab, labels=labels, config=config, device=str(device))
+    result = TrainedModel(model=model, vocab=vocab, labels=labels, config=config, device=str(device),
+                          linear=dict(linear) if linear else None)
     texts, targets = [row.text for row in rows], [row.label for row in rows]
     val_texts, val_labels = [row.text for row in val], [row.label for row in val]
     val_is_original = [not row.synthetic for row in val]
@@ -324,14 +345,17 @@ def _fit(result: TrainedModel, train_texts: Sequence[str], train_labels: Sequenc
          on_epoch: Callable[[EpochStats, int], None] | None, keep_best: bool = True,
          val_is_original: Sequence[bool] | None = None, learn_rows_from: int | None = None,
          row_weights: Sequence[float] | None = None, total_epochs: int | None = None,
-         calibrate: bool = True) -> TrainedModel:
+         calibrate: bool = True,
+         linear_rows: tuple[Sequence[str], Sequence[str]] | None = None) -> TrainedModel:
     """The loop both kinds of training share: epochs of shuffled batches, validate, stop early, keep the best.
 
     With ``keep_best`` off, every epoch runs and the last one is kept. Epochs are appended to ``result.history``
     (``total_epochs``: how many all calls will run, for ``on_epoch``). ``learn_rows_from``: only the first layer's
     rows from this index on learn, without weight decay; every other weight stays as it is. ``row_weights``: the
     loss weight of each training row (None: all equal). ``calibrate`` off leaves ``result.oos_threshold`` alone
-    (a refit takes its held-out run's).
+    (a refit takes its held-out run's). ``linear_rows``: texts and labels a linear model learns from once the
+    epochs are done, to be folded into a bag-of-words network at ``config.linear_share`` (``intentflow.linear``),
+    before the out-of-scope threshold is calibrated on the folded network.
     """
     model, config = result.model, result.config
     device = torch.device(result.device)
@@ -449,12 +473,49 @@ def _fit(result: TrainedModel, train_texts: Sequence[str], train_labels: Sequenc
     if best_state is not None:
         model.load_state_dict(best_state)
     model.eval()
+    if linear_rows is not None:
+        _fold_linear(result, *linear_rows, label_index, (val_x, val_y) if has_val else None)
     if has_val and val_is_original is not None and any(val_is_original):
         keep = torch.tensor(list(val_is_original), device=device)
         val_x, val_y = [tensor[keep] for tensor in val_x], val_y[keep]
     if calibrate:
         result.oos_threshold = _oos_threshold(result, val_x if has_val else None, val_y if has_val else None)
     return result
+
+
+def _originals(texts: Sequence[str], labels: Sequence[str],
+               is_original: Sequence[bool] | None) -> tuple[list[str], list[str]]:
+    """The rows people wrote (all rows where ``is_original`` is None)."""
+    keep = is_original if is_original is not None else [True] * len(texts)
+    pairs = [(text, label) for text, label, original in zip(texts, labels, keep, strict=True) if original]
+    return [text for text, _ in pairs], [label for _, label in pairs]
+
+
+def _fold_linear(result: TrainedModel, texts: Sequence[str], labels: Sequence[str], label_index: dict[str, int],
+                 val: tuple[list[torch.Tensor], torch.Tensor] | None) -> None:
+    """Fit the linear model of ``texts`` and fold it into ``result.model`` at ``linear_share`` (bag-of-words only).
+
+    With validation rows the folded network is scored on them: its loss and accuracy become the model's
+    (``metrics``); ``history`` keeps the MLP's.
+    """
+    share = result.config.linear_share
+    if not share or result.model.dense_input or not texts:
+        return
+    device = torch.device(result.device)
+    targets = torch.tensor([label_index[label] for label in labels], device=device)
+    weight, bias = fit_linear(result.vocab, texts, targets, len(result.labels), device)
+    before = result.model.input_bias.shape[0]
+    result.model = fold_linear(result.model, weight, bias, share).eval()
+    result.linear = {"share": share, "c": LINEAR_C, "examples": len(texts),
+                     "hidden_units": result.model.input_bias.shape[0] - before}
+    if val is not None and result.history:
+        with torch.no_grad():
+            logits = result.model(*val[0])
+            loss = F.cross_entropy(logits, val[1], label_smoothing=result.config.label_smoothing)
+            accuracy = (logits.argmax(dim=1) == val[1]).float().mean()
+        result.folded_scores = {"val_loss": float(loss), "val_accuracy": float(accuracy)}
+    logger.info("linear model of %d examples folded in at share %.2f (%d hidden units more)", len(texts), share,
+                result.linear["hidden_units"])
 
 
 class _Bags:

@@ -66,7 +66,9 @@ def test_playbook_architecture_keys_rebuild_the_network(checkpoint):
 
     model.load_state_dict(payload["state_dict"])  # strict: raises on any missing or unexpected key
     assert config["vocab_size"] == len(payload["vocab"]) + 1
-    assert (config["hidden_size"], config["hidden_layers"]) == (32, 1)
+    # The configured 32 units, and the folded linear model's two per label (intentflow.linear).
+    assert config["linear"]["hidden_units"] == 2 * config["num_labels"]
+    assert (config["hidden_size"], config["hidden_layers"]) == (32 + 2 * config["num_labels"], 1)
 
 
 def test_metrics_file_is_written_beside_the_checkpoint(checkpoint, toy_model):

@@ -96,7 +96,9 @@ def test_train_writes_checkpoint_and_metrics(workspace):
     metrics = json.loads((workspace.root / "model.pt.metrics.json").read_text())
 
     assert payload["config"]["train"]["epochs"] == 30
-    assert payload["config"]["hidden_size"] == 32 and payload["config"]["hidden_layers"] == 1
+    # 32 configured units, and two per outcome from the folded linear model.
+    assert payload["config"]["hidden_size"] == 32 + 2 * len(payload["labels"])
+    assert payload["config"]["hidden_layers"] == 1
     assert payload["config"]["prepare"]["seed"] == 1
     assert payload["outcome_hash"] == load_outcomes(workspace.outcomes).content_hash
     assert metrics["epochs_run"] == len(payload["history"]) <= 30

@@ -86,7 +86,7 @@ def test_early_stopping_restores_the_best_epoch(toy_rows):
     patience = 2
 
     trained = train_model(train_texts, train_labels, val_texts, val_labels,
-                          tiny_train_config(epochs=60, patience=patience, min_delta=0.0))
+                          tiny_train_config(epochs=60, patience=patience, min_delta=0.0, linear_share=0.0))
 
     assert trained.stopped_early
     assert trained.best_epoch > 1
@@ -100,7 +100,7 @@ def test_early_stopping_restores_the_best_epoch(toy_rows):
     assert trained.metrics == {
         "best_epoch": trained.best_epoch, "epochs_run": len(trained.history), "stopped_early": True,
         "train_loss": best.train_loss, "train_accuracy": best.train_accuracy, "val_loss": best.val_loss,
-        "val_accuracy": best.val_accuracy, "device": "cpu", "oos_threshold": None, "refit": None,
+        "val_accuracy": best.val_accuracy, "device": "cpu", "oos_threshold": None, "refit": None, "linear": None,
     }
 
 
@@ -251,7 +251,10 @@ def test_refit_learns_the_validation_originals_for_the_held_out_runs_epoch_count
     assert refitted.refit["originals"] == len({row.original for row in [*split.train, *split.val]})
     # It reports the held-out run, which chose the epoch count and was validated; its own figures are under refit.
     assert refitted.history == held_out.history and refitted.best_epoch == held_out.best_epoch
-    assert refitted.metrics == {**held_out.metrics, "refit": refitted.refit}
+    assert refitted.metrics == {**held_out.metrics, "refit": refitted.refit, "linear": refitted.linear}
+    # Its folded linear model learnt every original, the validation ones too.
+    assert refitted.linear["examples"] == sum(not row.synthetic for row in [*split.train, *split.val])
+    assert held_out.linear["examples"] == len(split.train)  # train_model was not told which rows are originals
     assert refitted.oos_threshold == 0.3
     # It learnt the validation rows: their words are features, and it answers them as their outcomes.
     assert val_only <= set(refitted.vocab.features)
@@ -285,8 +288,9 @@ def test_end_to_end_bags_give_each_batch_the_logits_of_its_padded_rows(toy_rows)
 def test_with_min_delta_only_an_epoch_that_beats_the_best_by_that_share_counts_as_better(toy_rows):
     args = (*texts_labels(toy_rows.train), *texts_labels(toy_rows.val))
 
-    plain = train_model(*args, tiny_train_config(epochs=40, patience=4, min_delta=0.0, dropout=0.3))
-    strict = train_model(*args, tiny_train_config(epochs=40, patience=4, min_delta=0.2, dropout=0.3))
+    # The MLP alone: a folded linear model changes the restored network's loss (not the epoch it was restored at).
+    plain = train_model(*args, tiny_train_config(epochs=40, patience=4, min_delta=0.0, dropout=0.3, linear_share=0))
+    strict = train_model(*args, tiny_train_config(epochs=40, patience=4, min_delta=0.2, dropout=0.3, linear_share=0))
 
     # The same rule, replayed on the recorded losses: the best moves only on a fall of more than a fifth.
     best_epoch, best_loss, waited = 0, float("inf"), 0

@@ -90,9 +90,12 @@ def test_word_ngrams_asked_of_the_flow_reach_the_published_model(
 
 
 def test_training_parameters_of_the_flow_reach_its_settings() -> None:
-    settings = RetrainParameters(finetune_lr=1e-4, finetune_epochs=3, hidden_size=64).settings()
+    settings = RetrainParameters(finetune_lr=1e-4, finetune_epochs=3, hidden_size=64, linear_share=0.25).settings()
 
     assert (settings.train.finetune_lr, settings.train.finetune_epochs, settings.train.hidden_size) == (1e-4, 3, 64)
+    assert settings.train.linear_share == 0.25
+    with pytest.raises(ValueError, match="linear_share"):
+        RetrainParameters(linear_share=1.5)
     assert settings.train.lr == RetrainParameters().settings().train.lr  # not given: from config/training.toml
     with pytest.raises(ValueError, match="finetune_lr"):
         RetrainParameters(finetune_lr=0)
