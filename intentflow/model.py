@@ -27,7 +27,10 @@ class ByteDropout(nn.Module):
         if not self.training or self.cutoff == 0:
             return inputs
         words = (inputs.numel() + 7) // 8
-        random_bytes = torch.empty(words, dtype=torch.int64, device=inputs.device).random_().view(torch.uint8)
+        # The whole 64-bit range: a bare random_() draws from [0, 2**63), so every eighth byte would be below 128
+        # and the unit it masks dropped 90% of the time instead of p (the same units in every row).
+        random_bytes = (torch.empty(words, dtype=torch.int64, device=inputs.device)
+                        .random_(-2**63, None).view(torch.uint8))
         keep = random_bytes[: inputs.numel()].view(inputs.shape) >= self.cutoff
         return inputs * keep * self.scale
 
