@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -23,16 +25,97 @@ class ByteDropout(nn.Module):
         self.cutoff = round(p * 256)
         self.scale = 1.0 / (1.0 - self.cutoff / 256) if self.cutoff < 256 else 0.0
 
-    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+    def masks(self, count: int, shape: torch.Size, like: torch.Tensor) -> torch.Tensor | None:
+        """``count`` masks of ``shape`` from one draw: 0 for a dropped unit, the scale for a kept one (None: off)."""
         if not self.training or self.cutoff == 0:
-            return inputs
-        words = (inputs.numel() + 7) // 8
+            return None
+        size = count * math.prod(shape)
         # The whole 64-bit range: a bare random_() draws from [0, 2**63), so every eighth byte would be below 128
         # and the unit it masks dropped 90% of the time instead of p (the same units in every row).
-        random_bytes = (torch.empty(words, dtype=torch.int64, device=inputs.device)
-                        .random_(-2**63, None).view(torch.uint8))
-        keep = random_bytes[: inputs.numel()].view(inputs.shape) >= self.cutoff
-        return inputs * keep * self.scale
+        random_bytes = (torch.empty((size + 7) // 8, dtype=torch.int64, device=like.device)
+                        .random_(-2**63, None).view(torch.uint8)[:size])
+        return (random_bytes >= self.cutoff).to(like.dtype).mul_(self.scale).view(count, *shape)
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        masks = self.masks(1, inputs.shape, inputs)
+        return inputs if masks is None else inputs * masks[0]
+
+
+def run_layers(first: torch.Tensor, masks: torch.Tensor | None,
+               parameters: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """Every layer's output after the first layer's pre-activation ``first``: ReLU and dropout (``masks[i]``, or
+    none), then each of ``parameters``' (weight, bias) pairs, the last one the output layer, whose logits come last."""
+    outputs = [torch.relu(first)]
+    for index in range(0, len(parameters), 2):
+        if masks is not None:
+            outputs[-1].mul_(masks[index // 2])
+        weight, bias = parameters[index], parameters[index + 1]
+        outputs.append(torch.addmm(bias, outputs[-1], weight.t()))
+        if index + 2 < len(parameters):
+            outputs[-1].relu_()
+    return outputs
+
+
+class _BagSums(torch.autograd.Function):
+    """``F.embedding_bag`` (weighted sums of rows, bags end to end) whose backward adds each entry's gradient to its
+    row with one ``index_add_``. PyTorch's own backward sorts the batch's indices first: on the playbook recipe that
+    was 0.64 ms a step, more than the rest of the first layer (benchmarks/RESULTS.md)."""
+
+    @staticmethod
+    def forward(ctx: Any, indices: torch.Tensor, rows: torch.Tensor, weights: torch.Tensor | None,
+                offsets: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(indices, weights, offsets)
+        ctx.rows_shape = rows.shape
+        return F.embedding_bag(indices, rows, offsets=offsets, per_sample_weights=weights, mode="sum")
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        if not ctx.needs_input_grad[1]:
+            return None, None, None, None
+        indices, weights, offsets = ctx.saved_tensors
+        entries = indices.numel()
+        counts = torch.diff(offsets, append=offsets.new_full((1,), entries))
+        # The bag (row of ``grad``) of each entry; output_size spares the GPU a sync.
+        owners = torch.repeat_interleave(torch.arange(len(offsets), device=grad.device), counts, output_size=entries)
+        contributions = grad.index_select(0, owners)
+        if weights is not None:
+            contributions.mul_(weights.unsqueeze(1))
+        rows_grad = grad.new_zeros(ctx.rows_shape).index_add_(0, indices, contributions)
+        return None, rows_grad, None, None
+
+
+class _Layers(torch.autograd.Function):
+    """``run_layers`` as one node of the autograd graph, its gradients written out.
+
+    Autograd of the same layers records a node per ReLU, dropout product and linear layer, and converts each dropout
+    mask from bytes to floats twice; here the masks come from one draw and the backward pass is two matrix products,
+    a bias sum and two masking products a layer (benchmarks/RESULTS.md: the playbook recipe's step).
+    """
+
+    @staticmethod
+    def forward(ctx: Any, first: torch.Tensor, masks: torch.Tensor | None,
+                *parameters: torch.Tensor) -> torch.Tensor:
+        outputs = run_layers(first, masks, parameters)
+        ctx.save_for_backward(masks, *outputs[:-1], *parameters[0::2])
+        return outputs[-1]
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        masks, *saved = ctx.saved_tensors
+        layers = len(saved) // 2
+        activations, weights = saved[:layers], saved[layers:]
+        grads: list[torch.Tensor | None] = [None] * (2 * layers)
+        for layer in range(layers - 1, -1, -1):
+            if ctx.needs_input_grad[2 + 2 * layer]:
+                grads[2 * layer] = grad.t().mm(activations[layer])
+            if ctx.needs_input_grad[3 + 2 * layer]:
+                grads[2 * layer + 1] = grad.sum(dim=0)
+            grad = grad.mm(weights[layer])
+            # ReLU's gradient: nothing where the unit's output is 0 (a dropped unit's output is 0 too).
+            grad = torch.ops.aten.threshold_backward(grad, activations[layer], 0)
+            if masks is not None:
+                grad.mul_(masks[layer])
+        return (grad, None, *grads)
 
 
 class IntentMLP(nn.Module):
@@ -82,12 +165,14 @@ class IntentMLP(nn.Module):
             else:
                 # No padding_idx: end-to-end bags hold no padding, and it would turn off the fast CPU kernel
                 # (forward and backward of a batch 2.84 ms against 4.12 padded, benchmarks/first_layer.py).
-                hidden = F.embedding_bag(indices, rows, offsets=offsets, per_sample_weights=weights, mode="sum")
+                hidden = (_BagSums.apply(indices, rows, weights, offsets) if torch.is_grad_enabled() else
+                          F.embedding_bag(indices, rows, offsets=offsets, per_sample_weights=weights, mode="sum"))
             hidden = hidden + self.input_bias
-        hidden = self.dropout(torch.relu(hidden))
-        for layer in self.hidden:
-            hidden = self.dropout(torch.relu(layer(hidden)))
-        return self.output(hidden)
+        parameters = [tensor for layer in [*self.hidden, self.output] for tensor in (layer.weight, layer.bias)]
+        masks = self.dropout.masks(len(self.hidden) + 1, hidden.shape, hidden)
+        if torch.is_grad_enabled():
+            return _Layers.apply(hidden, masks, *parameters)
+        return run_layers(hidden, masks, parameters)[-1]
 
 
 def parameter_shapes(vocab_size: int, num_labels: int, hidden_size: int,
