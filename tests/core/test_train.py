@@ -305,3 +305,25 @@ def test_with_min_delta_only_an_epoch_that_beats_the_best_by_that_share_counts_a
     assert len(plain.history) > len(strict.history)
     restored = val_loss_of(strict, *texts_labels(toy_rows.val))
     assert restored == pytest.approx(best_loss, abs=1e-5)
+
+
+def test_the_trainers_adamw_is_torchs_fused_adamw_bit_for_bit():
+    torch.manual_seed(5)
+    weights = [torch.randn(6, 4), torch.randn(4)]
+    ours = [weight.clone().requires_grad_(True) for weight in weights]
+    torchs = [weight.clone().requires_grad_(True) for weight in weights]
+    optimizer = training._FusedAdamW(ours, lr=0.003, weight_decay=1e-4)
+    reference = torch.optim.AdamW(torchs, lr=0.003, weight_decay=1e-4, fused=True)
+    for step in range(5):
+        gradients = [torch.randn_like(weight) for weight in weights]
+        for parameters, stepper in ((ours, optimizer), (torchs, reference)):
+            stepper.zero_grad()
+            for parameter, gradient in zip(parameters, gradients, strict=True):
+                # A weight without a gradient (frozen this step) is left alone, moments and all.
+                parameter.grad = gradient.clone() if step != 2 or parameter.dim() == 2 else None
+            stepper.step()
+    for mine, theirs in zip(ours, torchs, strict=True):
+        assert torch.equal(mine, theirs)
+        for key in ("exp_avg", "exp_avg_sq", "step"):
+            assert torch.equal(optimizer.state[mine][key], reference.state[theirs][key]), key
+
