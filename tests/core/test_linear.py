@@ -80,3 +80,28 @@ def test_a_trained_model_carries_the_linear_model_through_its_checkpoint(toy_fol
     accuracy = sum(answer.label == row.label for answer, row in zip(answers, split.val, strict=True)) / len(texts)
     assert mixed.metrics["val_accuracy"] == pytest.approx(accuracy)
     assert mixed.history[mixed.best_epoch - 1].val_accuracy == alone.metrics["val_accuracy"]
+
+
+def test_a_linear_model_that_lowers_validation_accuracy_is_left_out_and_the_refit_follows(toy_folder, monkeypatch):
+    import intentflow.train as training
+    from intentflow.split import Split
+    from intentflow.train import refit_model
+
+    data = prepare_data(load_outcomes(toy_folder), PrepareConfig(augment_factor=12, min_val_per_label=2, seed=1))
+    split = Split(data.train, data.val)
+
+    def always_the_first_outcome(vocab, texts, targets, labels, device):
+        fitted = [torch.zeros(len(vocab), labels), torch.zeros(labels)]
+        fitted[1][0] = 100.0
+        return tuple(fitted)
+
+    monkeypatch.setattr(training, "fit_linear", always_the_first_outcome)
+    declined = train_split(split, tiny_train_config(epochs=30))
+    alone = train_split(split, tiny_train_config(epochs=30, linear_share=0.0))
+
+    assert declined.linear is None and declined.folded_scores is None
+    assert declined.metrics["val_accuracy"] == alone.metrics["val_accuracy"]
+    texts = [row.text for row in split.val]
+    assert Classifier.from_trained(declined).predict_batch(texts) == Classifier.from_trained(alone).predict_batch(texts)
+    refitted = refit_model(declined, split)
+    assert refitted.linear is None and refitted.model.input_bias.shape[0] == 32
