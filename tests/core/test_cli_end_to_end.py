@@ -96,8 +96,11 @@ def test_train_writes_checkpoint_and_metrics(workspace):
     metrics = json.loads((workspace.root / "model.pt.metrics.json").read_text())
 
     assert payload["config"]["train"]["epochs"] == 30
-    # 32 configured units, and two per outcome from the folded linear model.
-    assert payload["config"]["hidden_size"] == 32 + 2 * len(payload["labels"])
+    # 32 configured units, and two per outcome where the linear model was folded in (where it kept the validation
+    # accuracy; tests/core/test_linear.py covers both decisions). The metrics say which.
+    linear = payload["config"].get("linear")
+    assert metrics["linear"] == linear
+    assert payload["config"]["hidden_size"] == 32 + (2 * len(payload["labels"]) if linear else 0)
     assert payload["config"]["hidden_layers"] == 1
     assert payload["config"]["prepare"]["seed"] == 1
     assert payload["outcome_hash"] == load_outcomes(workspace.outcomes).content_hash
