@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from collections.abc import Callable
 
 import torch
 from common import command, machine, playbook_data, stamp  # noqa: I001 - sets sys.path for intentflow
@@ -36,17 +37,23 @@ def matmul_rate(rows: int, inner: int, cols: int, device: torch.device, seconds:
     """FLOP/s of ``[rows, inner] @ [inner, cols]`` on ``device``, best of repeated timed loops."""
     left = torch.randn(rows, inner, device=device)
     right = torch.randn(inner, cols, device=device)
+    return 2 * rows * inner * cols / best_seconds(lambda: left @ right, device, seconds)
+
+
+def best_seconds(operation: Callable[[], object], device: torch.device, seconds: float = 1.0) -> float:
+    """Seconds of one call of ``operation`` on ``device``: the best loop of 50 calls within ``seconds``, after 20
+    calls of warm-up."""
     for _ in range(20):
-        left @ right
-    best = 0.0
+        operation()
+    best = float("inf")
     deadline = time.perf_counter() + seconds
     while time.perf_counter() < deadline:
         _sync(device)
         start = time.perf_counter()
         for _ in range(50):
-            left @ right
+            operation()
         _sync(device)
-        best = max(best, 50 * 2 * rows * inner * cols / (time.perf_counter() - start))
+        best = min(best, (time.perf_counter() - start) / 50)
     return best
 
 
@@ -75,18 +82,7 @@ def optimizer_seconds(parameters: int, device: torch.device, seconds: float = 1.
     weight = torch.zeros(parameters, device=device, requires_grad=True)
     weight.grad = torch.randn(parameters, device=device)
     optimizer = torch.optim.AdamW([weight], lr=RECIPE["lr"], weight_decay=RECIPE["weight_decay"], fused=True)
-    for _ in range(20):
-        optimizer.step()
-    best = float("inf")
-    deadline = time.perf_counter() + seconds
-    while time.perf_counter() < deadline:
-        _sync(device)
-        start = time.perf_counter()
-        for _ in range(50):
-            optimizer.step()
-        _sync(device)
-        best = min(best, (time.perf_counter() - start) / 50)
-    return best
+    return best_seconds(optimizer.step, device, seconds)
 
 
 def _sync(device: torch.device) -> None:
