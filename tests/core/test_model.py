@@ -6,6 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from intentflow import model as model_module
 from intentflow.model import ByteDropout, IntentMLP
 
 
@@ -75,14 +76,19 @@ def _gradients(model: IntentMLP, logits: torch.Tensor) -> dict[str, torch.Tensor
     return {name: parameter.grad.clone() for name, parameter in model.named_parameters()}
 
 
-def test_end_to_end_bags_give_the_first_layer_the_gradient_of_autograds_embedding_bag():
+@pytest.mark.parametrize("dense_rows", [0, 1000], ids=["gather-and-add", "matrix-product"])
+@pytest.mark.parametrize("weighted", [True, False])
+def test_end_to_end_bags_give_the_first_layer_the_gradient_of_autograds_embedding_bag(monkeypatch, dense_rows,
+                                                                                       weighted):
+    # Either backward of _BagSums, whichever the shapes would choose.
+    monkeypatch.setattr(model_module, "DENSE_BACKWARD_ROWS", dense_rows)
     torch.manual_seed(4)
     model = IntentMLP(30, 4, 8, 2, dropout=0.0).double().train()
     lengths = torch.tensor([3, 1, 5, 2])
     indices = torch.randint(1, 30, (int(lengths.sum()),))
     indices[:2] = 7  # a feature twice in one bag, and in another
     indices[4] = 7
-    weights = torch.rand(len(indices), dtype=torch.double)
+    weights = torch.rand(len(indices), dtype=torch.double) if weighted else None
     offsets = torch.cumsum(lengths, 0) - lengths
     written_out = _gradients(model, model(indices, weights, offsets=offsets))
 
