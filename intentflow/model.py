@@ -34,8 +34,8 @@ class ByteDropout(nn.Module):
         # and the unit it masks dropped 90% of the time instead of p (the same units in every row).
         random_bytes = (torch.empty((size + 7) // 8, dtype=torch.int64, device=like.device)
                         .random_(-2**63, None).view(torch.uint8)[:size])
-        # The comparison written straight into floats: on a CPU a third of the time of a boolean result converted
-        # to floats (32 against 110 us for the playbook recipe's four 64 x 512 masks, benchmarks/RESULTS.md).
+        # The comparison written straight into floats, not a boolean result converted: the playbook recipe's four
+        # 64 x 512 masks, draw included, in 106 us instead of 182 on 2 Intel Xeon cores (benchmarks/step_kernels.py).
         masks = torch.empty(size, dtype=like.dtype, device=like.device)
         return torch.ge(random_bytes, self.cutoff, out=masks).mul_(self.scale).view(count, *shape)
 
@@ -59,9 +59,10 @@ def run_layers(first: torch.Tensor, masks: torch.Tensor | None,
     return outputs
 
 
-# _BagSums' backward takes the matrix product where the rows are at most this many times the batch's entries. 64 bags
-# of 512 units on 2 Intel Xeon cores (benchmarks/RESULTS.md): 487 rows and 832 entries 158 us against 208 for the
-# gather and add, 6,000 and 7,680 1.3 ms against 1.9; 20,000 and 7,680 14.4 ms against 12.8.
+# _BagSums' backward takes the matrix product where the rows are at most this many times the batch's entries. Forward
+# and backward of 64 bags of 512 units on 2 Intel Xeon cores (benchmarks/step_kernels.py, 3 runs): 487 rows (the
+# playbook recipe) and 832 entries 285-298 us against 379-508 for the gather and add, 6,000 and 7,680 1.9-2.6 ms
+# against 2.8-4.3; 20,000 and 7,680 14.5-15.8 ms against 12.9-13.7.
 DENSE_BACKWARD_ROWS = 2
 
 
