@@ -67,9 +67,12 @@ DENSE_BACKWARD_ROWS = 2
 
 
 class _BagSums(torch.autograd.Function):
-    """``F.embedding_bag`` (weighted sums of rows, bags end to end) whose backward adds each entry's gradient to its
-    row with one ``index_add_``. PyTorch's own backward sorts the batch's indices first: on the playbook recipe that
-    was 0.64 ms a step, more than the rest of the first layer (benchmarks/RESULTS.md)."""
+    """``F.embedding_bag`` (weighted sums of rows, bags end to end) with a backward that does not sort.
+
+    PyTorch's own backward sorts the batch's indices first: on the playbook recipe that was 0.64 ms a step, more than
+    the rest of the first layer (benchmarks/RESULTS.md). Here the rows' gradient is one matrix product where the rows
+    are few for the batch's entries (``DENSE_BACKWARD_ROWS``), else each entry's gradient added to its row with one
+    ``index_add_``."""
 
     @staticmethod
     def forward(ctx: Any, indices: torch.Tensor, rows: torch.Tensor, weights: torch.Tensor | None,
