@@ -70,7 +70,7 @@ def time_bag_sums(rows: int, entries: int) -> None:
         gradients[name] = table.grad.clone()
     model_module.DENSE_BACKWARD_ROWS = switch
     assert torch.allclose(gradients["matrix product"], gradients["gather and add"], atol=1e-4)
-    chosen = "matrix product" if rows <= switch * entries else "gather and add"
+    chosen = "matrix product" if model_module.dense_backward(rows, entries) else "gather and add"
     print(f"first layer forward + backward, {rows} rows, {entries} entries: "
           + ", ".join(f"{name} {value * 1e6:.0f} us" for name, value in seconds.items()) + f" (chosen: {chosen})")
 

@@ -66,6 +66,11 @@ def run_layers(first: torch.Tensor, masks: torch.Tensor | None,
 DENSE_BACKWARD_ROWS = 2
 
 
+def dense_backward(rows: int, entries: int) -> bool:
+    """Whether ``_BagSums``' backward over ``rows`` rows and a batch of ``entries`` bag entries is a matrix product."""
+    return rows <= DENSE_BACKWARD_ROWS * entries
+
+
 class _BagSums(torch.autograd.Function):
     """``F.embedding_bag`` (weighted sums of rows, bags end to end) with a backward that does not sort.
 
@@ -91,7 +96,7 @@ class _BagSums(torch.autograd.Function):
         # The bag (row of ``grad``) of each entry; output_size spares the GPU a sync.
         owners = torch.repeat_interleave(torch.arange(len(offsets), device=grad.device), counts, output_size=entries)
         rows, bags = ctx.rows_shape[0], len(offsets)
-        if rows <= DENSE_BACKWARD_ROWS * entries:
+        if dense_backward(rows, entries):
             # Few rows for the entries: the gradient is the [rows, bags] matrix of the entries' weights times the
             # bags' gradients, one matrix product instead of an entry-by-entry gather and add.
             spread = grad.new_zeros(rows * bags).index_add_(0, indices * bags + owners,
