@@ -86,6 +86,9 @@ class RetrainParameters(BaseModel):
                                         f"encoder, 0 = frozen (6); {FROM_FILE}")
     finetune_lr: float | None = Field(None, gt=0, le=1, description=f"Learning rate of the encoder's fine-tuning "
                                       f"(5e-05); {FROM_FILE}")
+    embedding_layers: list[int] | None = Field(None, max_length=64, description=f"Hidden layers of the encoder "
+                                               f"(0 = word embeddings) whose averaged token states are appended to "
+                                               f"its sentence vector, [] = none ([4]); {FROM_FILE}")
     refit: bool | None = Field(None, description=f"After the gate passes, train again on the training and validation "
                                f"rows for the chosen epoch count and publish that model (true); {FROM_FILE}")
     oos_threshold: Literal["auto", "off"] | float | None = Field(
@@ -104,8 +107,8 @@ class RetrainParameters(BaseModel):
     def settings(self) -> Any:
         train_keys = ("epochs", "lr", "batch_size", "hidden_size", "hidden_layers", "dropout", "weight_decay",
                       "patience", "min_delta", "seed", "device", "label_smoothing", "featurizer", "word_ngrams",
-                      "char_ngrams", "linear_share", "embedding_model", "finetune_epochs", "finetune_lr", "refit",
-                      "oos_threshold", "unknown_label")
+                      "char_ngrams", "linear_share", "embedding_model", "finetune_epochs", "finetune_lr",
+                      "embedding_layers", "refit", "oos_threshold", "unknown_label")
         return load_settings(self.config).with_overrides(
             prepare={"augment_factor": self.augment_factor, "seed": self.seed},
             train={key: getattr(self, key) for key in train_keys},

@@ -38,7 +38,7 @@ def build_payload(trained: TrainedModel, *, outcome_hash: str, prepare: dict[str
     if encoder is not None:
         features["input_dim"] = encoder.dimension
         extra = {**(extra or {}), "encoder": {"model": encoder.name, "dimension": encoder.dimension,
-                                              "tuned": encoder.tuned}}
+                                              "tuned": encoder.tuned, "layers": list(encoder.layers)}}
         if encoder.tuned:
             extra["encoder_state"] = encoder.state()
     return {
@@ -184,6 +184,9 @@ def _check_featurizer(payload: dict[str, Any], shown: str) -> int | None:
             or not isinstance(encoder.get("model"), str) or encoder.get("dimension") != config["input_dim"]:
         _refuse(shown, "an embeddings model needs config.input_dim and an 'encoder' entry naming its model and "
                        "dimension")
+    layers = encoder.get("layers", [])
+    if not (isinstance(layers, list) and all(_whole(layer) and layer >= 0 for layer in layers)):
+        _refuse(shown, "'encoder.layers' must be a list of layer numbers")
     state = payload.get("encoder_state")
     if state is not None and not (isinstance(state, dict) and all(
             isinstance(key, str) and isinstance(value, torch.Tensor) for key, value in state.items())):
@@ -217,7 +220,11 @@ def _check_optional(payload: dict[str, Any], shown: str) -> None:
 
 
 def _positive_whole(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+    return _whole(value) and value >= 1
+
+
+def _whole(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _refuse(shown: str, what: str) -> None:

@@ -56,6 +56,9 @@ class TrainConfig(_Strict):
     finetune_epochs: int = Field(6, ge=0, le=1000, description="Contrastive fine-tuning epochs of the encoder; "
                                  "0 keeps it frozen")
     finetune_lr: float = Field(5e-5, gt=0.0, le=1.0, description="Learning rate of encoder fine-tuning")
+    embedding_layers: list[int] = Field([4], max_length=64, description="Embeddings: hidden layers of the "
+                                              "encoder (0 = its word embeddings) whose averaged token states are "
+                                              "appended to its sentence vector; empty = the sentence vector alone")
     refit: bool = Field(True, description="After the gate passes, train again on the training and validation rows "
                         "for the chosen epoch count, and publish that model")
     oos_threshold: Literal["auto", "off"] | float = Field(
@@ -69,6 +72,14 @@ class TrainConfig(_Strict):
     def _threshold_range(cls, value: str | float) -> str | float:
         if not isinstance(value, str) and not 0.0 <= value <= 1.0:
             raise ValueError("must be \"auto\", \"off\" or a confidence from 0 to 1")
+        return value
+
+    @field_validator("embedding_layers")
+    @classmethod
+    def _distinct_layers(cls, value: list[int]) -> list[int]:
+        if any(layer < 0 for layer in value) or len(set(value)) != len(value):
+            raise ValueError("must be distinct layer numbers from 0 (the word embeddings) up, e.g. [4] (fix: list "
+                             "each layer once, or [] for the sentence vector alone)")
         return value
 
     @field_validator("char_ngrams")

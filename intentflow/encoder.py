@@ -77,11 +77,12 @@ class SentenceEncoder:
     ``cache_dir`` keeps vectors on disk between runs, keyed by the encoder's weights and the sentence's hash,
     so a retrain re-encodes only sentences it has not seen. A fine-tuned encoder has weights of its own, so
     its vectors never mix with the base model's. ``remember=False`` (serving) keeps nothing between calls, so a
-    long-running classifier does not grow with every sentence it is asked about.
+    long-running classifier does not grow with every sentence it is asked about. ``layers``: hidden layers (0 = the
+    word embeddings) whose token states, averaged, are appended to the sentence vector (``embedding_layers``).
     """
 
     def __init__(self, name: str, device: str = "cpu", cache_dir: str | Path | None = None,
-                 state: dict[str, torch.Tensor] | None = None, remember: bool = True):
+                 state: dict[str, torch.Tensor] | None = None, remember: bool = True, layers: Sequence[int] = ()):
         st = _import_sentence_transformers()
         folder = resolve_model(name)
         if Path(folder).is_dir() or name in ("", BUNDLED_MODEL):
@@ -105,7 +106,8 @@ class SentenceEncoder:
                                       "(fix: retrain, or `intentflow rollback`)") from None
         self.model.eval()
         dimension = getattr(self.model, "get_embedding_dimension", None) or self.model.get_sentence_embedding_dimension
-        self.dimension = int(dimension())
+        self.layers = _check_layers(self.model, self.name, layers)
+        self.dimension = int(dimension()) * (1 + len(self.layers))
         self.cache_dir = Path(cache_dir) if cache_dir is not None and remember else None
         self.remember = remember
         self._vectors: dict[str, np.ndarray] = {}
@@ -117,8 +119,10 @@ class SentenceEncoder:
         return self.model.device
 
     def fingerprint(self) -> str:
-        """A hash of the weights: two encoders with equal fingerprints give equal vectors."""
+        """A hash of the weights and layers: two encoders with equal fingerprints give equal vectors."""
         digest = hashlib.sha256(self.name.encode())
+        if self.layers:
+            digest.update(f"layers {list(self.layers)}".encode())
         for key, value in sorted(self.model.state_dict().items()):
             digest.update(key.encode())
             digest.update(value.detach().float().cpu().numpy().tobytes())
@@ -146,10 +150,38 @@ class SentenceEncoder:
         return torch.from_numpy(np.stack([self._vectors[key] for key in keys]))
 
     def _run(self, texts: list[str]) -> np.ndarray:
+        if self.layers:
+            return self._run_layers(texts)
         with torch.inference_mode():
             vectors = self.model.encode(texts, batch_size=ENCODE_BATCH, convert_to_numpy=True,
                                         normalize_embeddings=True, show_progress_bar=False)
         return vectors.astype(np.float32, copy=False)
+
+    def _run_layers(self, texts: list[str]) -> np.ndarray:
+        """The sentence vector and the mean of each of ``layers``' token states, each of unit length, side by side
+        and scaled so the whole is of unit length. Longest first, as sentence-transformers batches, so a batch's
+        sentences are padded to about the same length."""
+        config = self.model[0].auto_model.config
+        order = sorted(range(len(texts)), key=lambda index: -len(texts[index]))
+        chunks = []
+        shown = config.output_hidden_states
+        config.output_hidden_states = True  # sentence-transformers then returns every layer's token states
+        try:
+            with torch.inference_mode():
+                for start in range(0, len(texts), ENCODE_BATCH):
+                    features = self._features([texts[index] for index in order[start:start + ENCODE_BATCH]])
+                    out = self.model(features)
+                    mask = features["attention_mask"].unsqueeze(-1).to(out["sentence_embedding"].dtype)
+                    pooled = [out["sentence_embedding"]] + [
+                        (out["all_layer_embeddings"][layer] * mask).sum(1) / mask.sum(1).clamp(min=1)
+                        for layer in self.layers]
+                    parts = [F.normalize(part.float(), dim=-1) for part in pooled]
+                    chunks.append(torch.cat(parts, dim=1).div_(len(parts) ** 0.5).cpu())
+        finally:
+            config.output_hidden_states = shown
+        vectors = np.empty((len(texts), self.dimension), dtype=np.float32)
+        vectors[order] = torch.cat(chunks).numpy()
+        return vectors
 
     def _cache_file(self) -> Path | None:
         # Hashing the weights reads all of them: once per encoder, since a cached (frozen) encoder never changes
@@ -245,15 +277,36 @@ class SentenceEncoder:
         self.cache_dir = None  # tuned vectors belong to this run only
 
     def _embed(self, texts: list[str]) -> torch.Tensor:
+        return self.model(self._features(texts))["sentence_embedding"]
+
+    def _features(self, texts: list[str]) -> dict[str, Any]:
         features = self.model.preprocess(texts) if hasattr(self.model, "preprocess") else self.model.tokenize(texts)
-        features = {key: value.to(self.device) if isinstance(value, torch.Tensor) else value
-                    for key, value in features.items()}
-        return self.model(features)["sentence_embedding"]
+        return {key: value.to(self.device) if isinstance(value, torch.Tensor) else value
+                for key, value in features.items()}
 
     def state(self) -> dict[str, torch.Tensor]:
         """The encoder's weights in half precision, for a checkpoint (a fine-tuned encoder only)."""
         return {key: value.detach().cpu().half() if value.is_floating_point() else value.detach().cpu()
                 for key, value in self.model.state_dict().items()}
+
+
+def _check_layers(model: Any, name: str, layers: Sequence[int]) -> tuple[int, ...]:
+    """``layers`` as a tuple, after checking that ``model`` is a transformer with hidden states of those numbers."""
+    layers = tuple(layers)
+    if not layers:
+        return layers
+    config = getattr(getattr(model[0], "auto_model", None), "config", None)
+    depth = getattr(config, "num_hidden_layers", None)
+    if not isinstance(depth, int):
+        raise IntentflowError(f"embedding_layers {list(layers)}: sentence encoder {name!r} is not a transformer "
+                              "whose layers can be read (fix: set embedding_layers = [] to use its sentence vector "
+                              "alone)")
+    wrong = [layer for layer in layers if not 0 <= layer <= depth]
+    if wrong:
+        raise IntentflowError(f"embedding_layers {list(layers)}: sentence encoder {name!r} has layers 0 (its word "
+                              f"embeddings) to {depth}, not {', '.join(map(str, wrong))} (fix: set embedding_layers "
+                              f"to numbers from 0 to {depth}, or [] for its sentence vector alone)")
+    return layers
 
 
 def _key(text: str) -> str:

@@ -53,7 +53,14 @@ def build_encoder(payload: dict[str, Any], device: str = "cpu") -> SentenceEncod
         return None
     from intentflow.train import load_encoder
 
-    return load_encoder(payload["encoder"]["model"], device, state=payload.get("encoder_state"), serving=True)
+    entry = payload["encoder"]
+    encoder = load_encoder(entry["model"], device, state=payload.get("encoder_state"), serving=True,
+                           layers=entry.get("layers", []))
+    if encoder.dimension != entry["dimension"]:
+        raise IntentflowError(f"the checkpoint's encoder gives vectors of {entry['dimension']} numbers, "
+                              f"{entry['model']} as installed gives {encoder.dimension} (fix: install the encoder "
+                              "the model was trained with, or retrain)")
+    return encoder
 
 
 class Classifier:

@@ -156,7 +156,7 @@ def _new_model(train_texts: Sequence[str], train_labels: Sequence[str], labels: 
     device = resolve_device(config.device)
     torch.manual_seed(config.seed)
     if config.featurizer == "embeddings":
-        encoder = load_encoder(config.embedding_model, str(device))
+        encoder = load_encoder(config.embedding_model, str(device), layers=config.embedding_layers)
         if config.finetune_epochs:
             encoder.finetune(train_texts, train_labels, config.finetune_epochs, config.finetune_lr, config.seed)
         torch.manual_seed(config.seed)
@@ -311,8 +311,8 @@ def _new_row_weights(new: int, replay: int, new_share: float | None) -> list[flo
 
 
 def load_encoder(name: str, device: str, state: dict[str, torch.Tensor] | None = None,
-                 serving: bool = False) -> SentenceEncoder:
-    """The sentence encoder ``name`` (empty: the bundled all-MiniLM-L6-v2).
+                 serving: bool = False, layers: Sequence[int] = ()) -> SentenceEncoder:
+    """The sentence encoder ``name`` (empty: the bundled all-MiniLM-L6-v2), ``layers`` appended to its vector.
 
     For training, vectors of a frozen encoder are cached on disk; ``serving`` keeps none, on disk or in memory.
     """
@@ -320,7 +320,7 @@ def load_encoder(name: str, device: str, state: dict[str, torch.Tensor] | None =
 
     cache = os.environ.get(CACHE_VARIABLE) or Path.home() / ".cache" / "intentflow" / "embeddings"
     return SentenceEncoder(name, device=device, cache_dir=None if state is not None else cache, state=state,
-                           remember=not serving)
+                           remember=not serving, layers=layers)
 
 
 def calibrate_oos(probabilities: torch.Tensor, targets: torch.Tensor, share: float = OOS_REJECT_SHARE) -> float | None:

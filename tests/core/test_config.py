@@ -140,6 +140,8 @@ def test_cli_help_states_the_real_defaults():
             assert stated.group(1) == ("on" if expected else "off"), name
         elif isinstance(expected, str):
             assert stated.group(1) == (expected or "empty"), name
+        elif isinstance(expected, list):
+            assert stated.group(1) == (",".join(map(str, expected)) or "none"), name
         else:
             assert float(stated.group(1)) == expected, name
 
@@ -148,8 +150,11 @@ def test_train_flags_reach_the_training_settings():
     from intentflow.cli import _settings, build_parser
 
     args = build_parser().parse_args(["retrain", "--config", str(BUNDLED_SETTINGS), "--finetune-lr", "1e-4",
-                                      "--finetune-epochs", "3", "--char-ngrams", "4"])
+                                      "--finetune-epochs", "3", "--char-ngrams", "4", "--embedding-layers", "2,5"])
     train = _settings(args, prepare=True, train=True).train
 
     assert (train.finetune_lr, train.finetune_epochs, train.char_ngrams) == (1e-4, 3, 4)
+    assert train.embedding_layers == [2, 5]
+    none = build_parser().parse_args(["retrain", "--config", str(BUNDLED_SETTINGS), "--embedding-layers", "none"])
+    assert _settings(none, prepare=True, train=True).train.embedding_layers == []
     assert train.lr == Settings().train.lr  # not flagged: from the file

