@@ -22,6 +22,18 @@ PREPARE_FLAGS = {
     "train_fraction": (float, "share of originals kept for training (playbook: 0.90)"),
     "min_val_per_label": (int, "validation rows per outcome, at least (playbook: 10)"),
 }
+
+
+def _layer_list(text: str) -> list[int]:
+    if text.strip().lower() in ("", "none"):
+        return []
+    try:
+        return [int(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of layer numbers, e.g. 4 or "
+                                         "2,4, or none") from None
+
+
 TRAIN_FLAGS = {
     "epochs": (int, "most epochs; early stopping usually ends sooner (playbook: 1000)"),
     "lr": (float, "AdamW learning rate (playbook: 0.003)"),
@@ -46,7 +58,7 @@ TRAIN_FLAGS = {
                              "(default empty)"),
     "finetune_epochs": (int, "contrastive fine-tuning epochs of the encoder, 0 keeps it frozen (default 6)"),
     "finetune_lr": (float, "learning rate of the encoder's fine-tuning (default 5e-05)"),
-    "embedding_layers": (lambda text: _layer_list(text),
+    "embedding_layers": (_layer_list,
                          "hidden layers of the encoder (0 = its word embeddings) whose averaged token states are "
                          "appended to its sentence vector, comma-separated; none = the sentence vector alone "
                          "(default 4)"),
@@ -57,16 +69,6 @@ TRAIN_FLAGS = {
     "refit": (bool, "once the held-out run has chosen the epoch count (and, in retrain, passed the gate), train "
                     "again on the training and validation rows and keep that model (default on)"),
 }
-
-
-def _layer_list(text: str) -> list[int]:
-    if text.strip().lower() in ("", "none"):
-        return []
-    try:
-        return [int(part) for part in text.split(",")]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of layer numbers, e.g. 4 or "
-                                         "2,4, or none") from None
 
 
 def _add_flags(parser: argparse.ArgumentParser, flags: dict[str, tuple[Any, str]]) -> None:
