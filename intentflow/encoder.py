@@ -106,8 +106,8 @@ class SentenceEncoder:
                                       "(fix: retrain, or `intentflow rollback`)") from None
         self.model.eval()
         dimension = getattr(self.model, "get_embedding_dimension", None) or self.model.get_sentence_embedding_dimension
-        self.layers = _check_layers(self.model, self.name, layers)
-        self.dimension = int(dimension()) * (1 + len(self.layers))
+        self.layers, width = _check_layers(self.model, self.name, layers)
+        self.dimension = int(dimension()) + width * len(self.layers)
         self.cache_dir = Path(cache_dir) if cache_dir is not None and remember else None
         self.remember = remember
         self._vectors: dict[str, np.ndarray] = {}
@@ -290,14 +290,16 @@ class SentenceEncoder:
                 for key, value in self.model.state_dict().items()}
 
 
-def _check_layers(model: Any, name: str, layers: Sequence[int]) -> tuple[int, ...]:
-    """``layers`` as a tuple, after checking that ``model`` is a transformer with hidden states of those numbers."""
+def _check_layers(model: Any, name: str, layers: Sequence[int]) -> tuple[tuple[int, ...], int]:
+    """``layers`` as a tuple and the width of a layer's token states (0 without layers), after checking that
+    ``model`` is a transformer with hidden states of those numbers. The width is the transformer's, which a
+    projection after the pooling (a ``Dense`` module) can make differ from the sentence vector's."""
     layers = tuple(layers)
     if not layers:
-        return layers
+        return layers, 0
     config = getattr(getattr(model[0], "auto_model", None), "config", None)
-    depth = getattr(config, "num_hidden_layers", None)
-    if not isinstance(depth, int):
+    depth, width = getattr(config, "num_hidden_layers", None), getattr(config, "hidden_size", None)
+    if not (isinstance(depth, int) and isinstance(width, int)):
         raise IntentflowError(f"embedding_layers {list(layers)}: sentence encoder {name!r} is not a transformer "
                               "whose layers can be read (fix: set embedding_layers = [] to use its sentence vector "
                               "alone)")
@@ -306,7 +308,7 @@ def _check_layers(model: Any, name: str, layers: Sequence[int]) -> tuple[int, ..
         raise IntentflowError(f"embedding_layers {list(layers)}: sentence encoder {name!r} has layers 0 (its word "
                               f"embeddings) to {depth}, not {', '.join(map(str, wrong))} (fix: set embedding_layers "
                               f"to numbers from 0 to {depth}, or [] for its sentence vector alone)")
-    return layers
+    return layers, width
 
 
 def _key(text: str) -> str:

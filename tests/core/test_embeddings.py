@@ -114,6 +114,25 @@ def test_a_layers_vector_is_the_sentence_vector_beside_the_layers_averaged_token
     assert encoder.fingerprint() != SentenceEncoder("", cache_dir=None, layers=[4]).fingerprint()
 
 
+def test_layers_of_an_encoder_that_projects_its_sentence_vector_keep_the_transformers_width(tmp_path):
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer.modules import Dense
+
+    bundled = SentenceEncoder("", cache_dir=None).model
+    torch.manual_seed(0)
+    # The bundled transformer and pooling, then a projection to 256 numbers (as some encoders end in a Dense layer).
+    SentenceTransformer(modules=[bundled[0], bundled[1], Dense(384, 256)]).save(str(tmp_path / "projected"))
+    texts = ["wake me up at seven", "what's the weather like in paris tomorrow"]
+    projected = SentenceEncoder(str(tmp_path / "projected"), cache_dir=None, layers=[4])
+
+    vectors = projected.encode(texts)
+
+    assert projected.dimension == 256 + 384 and vectors.shape == (2, 640)
+    sentence = SentenceEncoder(str(tmp_path / "projected"), cache_dir=None).encode(texts)
+    assert torch.allclose(vectors[:, :256] * 2 ** 0.5, sentence, atol=1e-5)
+    assert torch.allclose(vectors.norm(dim=1), torch.ones(2), atol=1e-5)
+
+
 def test_a_layer_the_encoder_lacks_is_refused_with_its_range(tmp_path, monkeypatch):
     monkeypatch.setenv("INTENTFLOW_CACHE_DIR", str(tmp_path))
     texts, labels = toy_texts()
