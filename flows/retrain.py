@@ -89,6 +89,8 @@ class RetrainParameters(BaseModel):
     embedding_layers: list[int] | None = Field(None, max_length=64, description=f"Hidden layers of the encoder "
                                                f"(0 = word embeddings) whose averaged token states are appended to "
                                                f"its sentence vector, [] = none ([4]); {FROM_FILE}")
+    embedding_heads: int | None = Field(None, ge=1, le=32, description=f"Networks trained from consecutive seeds on "
+                                        f"the same sentence vectors, merged to average their logits (5); {FROM_FILE}")
     refit: bool | None = Field(None, description=f"After the gate passes, train again on the training and validation "
                                f"rows for the chosen epoch count and publish that model (true); {FROM_FILE}")
     oos_threshold: Literal["auto", "off"] | float | None = Field(
@@ -108,7 +110,7 @@ class RetrainParameters(BaseModel):
         train_keys = ("epochs", "lr", "batch_size", "hidden_size", "hidden_layers", "dropout", "weight_decay",
                       "patience", "min_delta", "seed", "device", "label_smoothing", "featurizer", "word_ngrams",
                       "char_ngrams", "linear_share", "embedding_model", "finetune_epochs", "finetune_lr",
-                      "embedding_layers", "refit", "oos_threshold", "unknown_label")
+                      "embedding_layers", "embedding_heads", "refit", "oos_threshold", "unknown_label")
         return load_settings(self.config).with_overrides(
             prepare={"augment_factor": self.augment_factor, "seed": self.seed},
             train={key: getattr(self, key) for key in train_keys},

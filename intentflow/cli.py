@@ -62,6 +62,8 @@ TRAIN_FLAGS = {
                          "hidden layers of the encoder (0 = its word embeddings) whose averaged token states are "
                          "appended to its sentence vector, comma-separated; none = the sentence vector alone "
                          "(default 4)"),
+    "embedding_heads": (int, "networks trained from consecutive seeds on the same sentence vectors and merged into "
+                             "one that averages their logits, 1 = a single network (default 5)"),
     "oos_threshold": (lambda text: text if text in ("auto", "off") else float(text),
                       "confidence below which the answer is the unknown label: auto = calibrated on validation "
                       "for embeddings, off for bow; off; or a number from 0 to 1 (default auto)"),

@@ -59,6 +59,9 @@ class TrainConfig(_Strict):
     embedding_layers: list[int] = Field([4], max_length=64, description="Embeddings: hidden layers of the "
                                               "encoder (0 = its word embeddings) whose averaged token states are "
                                               "appended to its sentence vector; empty = the sentence vector alone")
+    embedding_heads: int = Field(5, ge=1, le=32, description="Embeddings: networks trained from consecutive seeds "
+                                 "on the same sentence vectors and merged into one that averages their logits; "
+                                 "1 = a single network")
     refit: bool = Field(True, description="After the gate passes, train again on the training and validation rows "
                         "for the chosen epoch count, and publish that model")
     oos_threshold: Literal["auto", "off"] | float = Field(

@@ -212,3 +212,28 @@ def parameter_shapes(vocab_size: int, num_labels: int, hidden_size: int,
     shapes["output.weight"] = (num_labels, hidden_size)
     shapes["output.bias"] = (num_labels,)
     return shapes
+
+
+def merge_heads(heads: Sequence[IntentMLP]) -> IntentMLP:
+    """One network whose logits are the mean of ``heads``' logits for every input (in evaluation mode).
+
+    Their hidden units side by side (block diagonal from one hidden layer to the next, so no head reads another's),
+    the output weights over the heads' count and the output bias their mean. A checkpoint, ``Classifier`` and the
+    ONNX export see one plain network, as wide as the heads together.
+    """
+    first, count = heads[0], len(heads)
+    states = [{name: value.detach() for name, value in head.state_dict().items()} for head in heads]
+    weight = first.input.weight
+    # Bags: one row per feature ([vocab, hidden]); dense input: a linear layer's [hidden, input_dim].
+    merged = IntentMLP(0 if first.dense_input else weight.shape[0], first.output.out_features,
+                       sum(state["input_bias"].shape[0] for state in states), len(first.hidden) + 1,
+                       first.dropout.p, input_dim=weight.shape[1] if first.dense_input else None)
+    state = {"input.weight": torch.cat([state["input.weight"] for state in states], dim=0 if first.dense_input else 1),
+             "input_bias": torch.cat([state["input_bias"] for state in states])}
+    for index in range(len(first.hidden)):
+        state[f"hidden.{index}.weight"] = torch.block_diag(*(state[f"hidden.{index}.weight"] for state in states))
+        state[f"hidden.{index}.bias"] = torch.cat([state[f"hidden.{index}.bias"] for state in states])
+    state["output.weight"] = torch.cat([state["output.weight"] for state in states], dim=1) / count
+    state["output.bias"] = torch.stack([state["output.bias"] for state in states]).mean(dim=0)
+    merged.load_state_dict(state)
+    return merged.to(weight.device).eval()

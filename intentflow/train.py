@@ -22,7 +22,7 @@ from intentflow.config import IncrementalConfig, TrainConfig
 from intentflow.errors import IntentflowError
 from intentflow.features import Vocabulary, build_vocabulary
 from intentflow.linear import LINEAR_C, fit_linear, fold_linear
-from intentflow.model import IntentMLP
+from intentflow.model import IntentMLP, merge_heads
 from intentflow.split import Split
 
 if TYPE_CHECKING:
@@ -75,9 +75,12 @@ class TrainedModel:
     # Set where a linear model of the examples is folded into the network (``linear_share``): its share of the
     # logits, the hidden units it added, and how many examples it learnt from.
     linear: dict[str, Any] | None = None
-    # Validation loss and accuracy of the network after the fold, where they differ from ``history``'s best epoch
-    # (which scored the MLP alone); a refit takes its held-out run's.
+    # Validation loss and accuracy of the network as published, where they differ from ``history``'s best epoch
+    # (which scored the first network alone): a linear model folded in, heads merged. A refit takes its held-out run's.
     folded_scores: dict[str, float] | None = None
+    # Set where ``embedding_heads`` networks were merged into ``model``: the epochs each was trained for (its best,
+    # in a held-out run), the first network's being ``best_epoch``.
+    head_epochs: list[int] | None = None
 
     def inputs(self, texts: Sequence[str]) -> list[torch.Tensor]:
         """The network's input tensors for ``texts``: index bags and weights, or sentence vectors."""
@@ -101,6 +104,7 @@ class TrainedModel:
             "oos_threshold": self.oos_threshold,
             "refit": self.refit,
             "linear": self.linear,
+            "head_epochs": self.head_epochs,
         }
 
 
@@ -145,9 +149,16 @@ def train_model(
         raise IntentflowError(f"an outcome is named {config.unknown_label!r}, the label of out-of-scope predictions "
                               "(fix: rename the outcome, or set [train] unknown_label to another name)")
     result = _new_model(train_texts, train_labels, labels, config, pair_texts)
-    return _fit(result, train_texts, train_labels, val_texts, val_labels, epochs=config.epochs, lr=config.lr,
-                on_epoch=on_epoch, val_is_original=val_is_original,
-                linear_rows=_originals(train_texts, train_labels, train_is_original))
+    heads = config.embedding_heads if result.encoder is not None else 1
+    _fit(result, train_texts, train_labels, val_texts, val_labels, epochs=config.epochs, lr=config.lr,
+         on_epoch=on_epoch, val_is_original=val_is_original, calibrate=heads == 1,
+         linear_rows=_originals(train_texts, train_labels, train_is_original))
+    if heads > 1:
+        _merge_more_heads(result, heads, lambda head, _: _fit(head, train_texts, train_labels, val_texts, val_labels,
+                                                              epochs=config.epochs, lr=config.lr, on_epoch=None,
+                                                              calibrate=False))
+        _score_merged(result, val_texts, val_labels, val_is_original)
+    return result
 
 
 def _new_model(train_texts: Sequence[str], train_labels: Sequence[str], labels: list[str],
@@ -200,6 +211,11 @@ def refit_model(held_out: TrainedModel, split: Split,
                    else None)
     _fit(result, texts, targets, [], [], epochs=epochs, lr=held_out.config.lr, on_epoch=on_epoch, keep_best=False,
          calibrate=False, linear_rows=linear_rows)
+    if held_out.head_epochs:
+        head_epochs = held_out.head_epochs
+        _merge_more_heads(result, len(head_epochs), lambda head, index: _fit(
+            head, texts, targets, [], [], epochs=max(head_epochs[index], 1), lr=held_out.config.lr, on_epoch=None,
+            keep_best=False, calibrate=False))
     last = result.history[-1]
     result.refit = {"epochs": epochs, "rows": len(rows), "originals": len({row.original for row in rows}),
                     "train_loss": last.train_loss, "train_accuracy": last.train_accuracy}
@@ -478,12 +494,60 @@ def _fit(result: TrainedModel, train_texts: Sequence[str], train_labels: Sequenc
     model.eval()
     if linear_rows is not None:
         _fold_linear(result, *linear_rows, label_index, (val_x, val_y) if has_val else None)
-    if has_val and val_is_original is not None and any(val_is_original):
-        keep = torch.tensor(list(val_is_original), device=device)
-        val_x, val_y = [tensor[keep] for tensor in val_x], val_y[keep]
     if calibrate:
-        result.oos_threshold = _oos_threshold(result, val_x if has_val else None, val_y if has_val else None)
+        _calibrate(result, (val_x, val_y) if has_val else None, val_is_original)
     return result
+
+
+def _calibrate(result: TrainedModel, val: tuple[list[torch.Tensor], torch.Tensor] | None,
+               val_is_original: Sequence[bool] | None) -> None:
+    """``result.oos_threshold`` from the validation rows ``val`` (inputs, targets), the originals among them alone."""
+    if val is not None and val_is_original is not None and any(val_is_original):
+        keep = torch.tensor(list(val_is_original), device=val[1].device)
+        val = [tensor[keep] for tensor in val[0]], val[1][keep]
+    result.oos_threshold = _oos_threshold(result, *(val if val is not None else (None, None)))
+
+
+def _merge_more_heads(result: TrainedModel, heads: int, fit: Callable[[TrainedModel, int], Any]) -> None:
+    """Networks 2 to ``heads`` beside the trained ``result.model``, all merged into it (``merge_heads``).
+
+    Network i is a fresh one of seed ``config.seed`` + i (its initialisation, dropout and row order), trained by
+    ``fit(network, i)`` on the same sentence vectors (the encoder is shared, its vectors computed once). The merged
+    network answers with their mean logits: it keeps what they agree on and averages away each one's own noise.
+    """
+    config = result.config
+    networks, epochs = [result.model], [result.best_epoch]
+    for index in range(1, heads):
+        head_config = config.model_copy(update={"seed": config.seed + index})
+        torch.manual_seed(head_config.seed)
+        head = TrainedModel(model=IntentMLP(0, len(result.labels), config.hidden_size, config.hidden_layers,
+                                            config.dropout, input_dim=result.model.input.weight.shape[1]),
+                            vocab=result.vocab, labels=result.labels, config=head_config, device=result.device,
+                            encoder=result.encoder)
+        logger.info("network %d of %d, seed %d", index + 1, heads, head_config.seed)
+        fit(head, index)
+        networks.append(head.model)
+        epochs.append(head.best_epoch)
+    result.model = merge_heads(networks)
+    result.head_epochs = epochs
+
+
+def _score_merged(result: TrainedModel, val_texts: Sequence[str], val_labels: Sequence[str],
+                  val_is_original: Sequence[bool] | None) -> None:
+    """The merged network's validation loss and accuracy (``folded_scores``) and its out-of-scope threshold."""
+    if not val_texts:
+        _calibrate(result, None, None)
+        return
+    device = torch.device(result.device)
+    label_index = {label: index for index, label in enumerate(result.labels)}
+    val_x = [tensor.to(device) for tensor in result.inputs(val_texts)]
+    val_y = torch.tensor([label_index[label] for label in val_labels], device=device)
+    with torch.no_grad():
+        logits = result.model(*val_x)
+    result.folded_scores = {
+        "val_loss": float(F.cross_entropy(logits, val_y, label_smoothing=result.config.label_smoothing)),
+        "val_accuracy": float((logits.argmax(dim=1) == val_y).float().mean())}
+    _calibrate(result, (val_x, val_y), val_is_original)
 
 
 def _originals(texts: Sequence[str], labels: Sequence[str],

@@ -150,10 +150,12 @@ def test_train_flags_reach_the_training_settings():
     from intentflow.cli import _settings, build_parser
 
     args = build_parser().parse_args(["retrain", "--config", str(BUNDLED_SETTINGS), "--finetune-lr", "1e-4",
-                                      "--finetune-epochs", "3", "--char-ngrams", "4", "--embedding-layers", "2,5"])
+                                      "--finetune-epochs", "3", "--char-ngrams", "4", "--embedding-layers", "2,5",
+                                      "--embedding-heads", "2"])
     train = _settings(args, prepare=True, train=True).train
 
     assert (train.finetune_lr, train.finetune_epochs, train.char_ngrams) == (1e-4, 3, 4)
+    assert train.embedding_heads == 2 and Settings().train.embedding_heads == 5
     assert train.embedding_layers == [2, 5]
     none = build_parser().parse_args(["retrain", "--config", str(BUNDLED_SETTINGS), "--embedding-layers", "none"])
     assert _settings(none, prepare=True, train=True).train.embedding_layers == []

