@@ -101,6 +101,7 @@ def test_early_stopping_restores_the_best_epoch(toy_rows):
         "best_epoch": trained.best_epoch, "epochs_run": len(trained.history), "stopped_early": True,
         "train_loss": best.train_loss, "train_accuracy": best.train_accuracy, "val_loss": best.val_loss,
         "val_accuracy": best.val_accuracy, "device": "cpu", "oos_threshold": None, "refit": None, "linear": None,
+        "head_epochs": None,
     }
 
 
