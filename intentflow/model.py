@@ -218,8 +218,8 @@ def merge_heads(heads: Sequence[IntentMLP]) -> IntentMLP:
     """One network whose logits are the mean of ``heads``' logits for every input (in evaluation mode).
 
     Their hidden units side by side (block diagonal from one hidden layer to the next, so no head reads another's),
-    the output weights over the heads' count and the output bias their mean. A checkpoint, ``Classifier`` and the
-    ONNX export see one plain network, as wide as the heads together.
+    the output weights over the heads' count and the output bias their mean. A checkpoint and ``Classifier`` see one
+    plain network, as wide as the heads together.
     """
     first, count = heads[0], len(heads)
     states = [{name: value.detach() for name, value in head.state_dict().items()} for head in heads]
