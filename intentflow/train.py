@@ -521,7 +521,7 @@ def _merge_more_heads(result: TrainedModel, heads: int, fit: Callable[[TrainedMo
         head_config = config.model_copy(update={"seed": config.seed + index})
         torch.manual_seed(head_config.seed)
         head = TrainedModel(model=IntentMLP(0, len(result.labels), config.hidden_size, config.hidden_layers,
-                                            config.dropout, input_dim=result.model.input.weight.shape[1]),
+                                            config.dropout, input_dim=result.encoder.dimension),
                             vocab=result.vocab, labels=result.labels, config=head_config, device=result.device,
                             encoder=result.encoder)
         logger.info("network %d of %d, seed %d", index + 1, heads, head_config.seed)
@@ -542,12 +542,17 @@ def _score_merged(result: TrainedModel, val_texts: Sequence[str], val_labels: Se
     label_index = {label: index for index, label in enumerate(result.labels)}
     val_x = [tensor.to(device) for tensor in result.inputs(val_texts)]
     val_y = torch.tensor([label_index[label] for label in val_labels], device=device)
-    with torch.no_grad():
-        logits = result.model(*val_x)
-    result.folded_scores = {
-        "val_loss": float(F.cross_entropy(logits, val_y, label_smoothing=result.config.label_smoothing)),
-        "val_accuracy": float((logits.argmax(dim=1) == val_y).float().mean())}
+    result.folded_scores = _val_scores(result.model, (val_x, val_y), result.config.label_smoothing)
     _calibrate(result, (val_x, val_y), val_is_original)
+
+
+def _val_scores(model: IntentMLP, val: tuple[list[torch.Tensor], torch.Tensor],
+                label_smoothing: float) -> dict[str, float]:
+    """Validation loss and accuracy of ``model`` (in evaluation mode) on ``val`` (inputs, targets)."""
+    with torch.no_grad():
+        logits = model(*val[0])
+    return {"val_loss": float(F.cross_entropy(logits, val[1], label_smoothing=label_smoothing)),
+            "val_accuracy": float((logits.argmax(dim=1) == val[1]).float().mean())}
 
 
 def _originals(texts: Sequence[str], labels: Sequence[str],
@@ -577,16 +582,13 @@ def _fold_linear(result: TrainedModel, texts: Sequence[str], labels: Sequence[st
     alone = result.model
     folded = fold_linear(alone, weight, bias, share).eval()
     if val is not None and result.history:
-        with torch.no_grad():
-            logits = folded(*val[0])
-            loss = F.cross_entropy(logits, val[1], label_smoothing=result.config.label_smoothing)
-            accuracy = float((logits.argmax(dim=1) == val[1]).float().mean())
+        scores = _val_scores(folded, val, result.config.label_smoothing)
         mlp_accuracy = result.history[result.best_epoch - 1].val_accuracy
-        if mlp_accuracy is not None and accuracy < mlp_accuracy:
+        if mlp_accuracy is not None and scores["val_accuracy"] < mlp_accuracy:
             logger.info("linear model of %d examples not folded in: validation accuracy %.4f with it at share %.2f, "
-                        "%.4f without", len(texts), accuracy, share, mlp_accuracy)
+                        "%.4f without", len(texts), scores["val_accuracy"], share, mlp_accuracy)
             return
-        result.folded_scores = {"val_loss": float(loss), "val_accuracy": accuracy}
+        result.folded_scores = scores
     result.model = folded
     result.linear = {"share": share, "c": LINEAR_C, "examples": len(texts),
                      "hidden_units": folded.input_bias.shape[0] - alone.input_bias.shape[0]}
