@@ -35,12 +35,29 @@ def test_calibration_rejects_the_asked_share_of_correct_rows():
     probabilities = torch.cat([probabilities, torch.tensor([[0.01, 0.99]] * 50)])
     targets = torch.zeros(250, dtype=torch.long)
 
-    threshold = calibrate_oos(probabilities, targets, share=0.05)
+    threshold = calibrate_oos(probabilities, targets, share=0.05, scale=1.0)
 
     rejected = (confidence < threshold).float().mean().item()
     assert rejected == pytest.approx(0.05, abs=0.006)
     assert threshold == round(threshold, 4) and threshold <= float(torch.quantile(confidence.double(), 0.05))
     assert calibrate_oos(probabilities[200:], targets[200:]) is None  # nothing correct: no threshold
+
+
+@pytest.mark.parametrize("outcomes", [2, 3, 150])
+def test_calibration_scales_from_chance_to_the_quantile(outcomes):
+    # The same correct confidences, 0.6 ... 1.0, under 2, 3 and 150 outcomes: the default threshold lies 0.45 of
+    # the way from 1 / outcomes to their 5% quantile, so it sits above chance for any number of outcomes.
+    confidence = torch.linspace(0.6, 1.0, 101)
+    rest = (1 - confidence).unsqueeze(1).expand(-1, outcomes - 1) / (outcomes - 1)
+    probabilities = torch.cat([confidence.unsqueeze(1), rest], dim=1)
+    targets = torch.zeros(101, dtype=torch.long)
+    quantile = float(torch.quantile(confidence.double(), 0.05))
+
+    threshold = calibrate_oos(probabilities, targets)
+
+    chance = 1 / outcomes
+    assert threshold == pytest.approx(chance + 0.45 * (quantile - chance), abs=1e-4)
+    assert chance < threshold < quantile
 
 
 def test_auto_threshold_answers_unknown_for_off_topic_sentences_and_survives_reload(toy_rows, tmp_path,
@@ -54,7 +71,7 @@ def test_auto_threshold_answers_unknown_for_off_topic_sentences_and_survives_rel
     classifier = Classifier.from_trained(trained)
 
     assert trained.oos_threshold is not None and 0.0 < trained.oos_threshold < 1.0
-    # At most 1% of the correctly predicted validation rows fall below it (one row here, by interpolation).
+    # It lies below the 5% quantile of the correct validation originals' confidences: at most one correct row here.
     answers = classifier.predict_batch(val_texts)
     top = classifier.predict_batch(val_texts, apply_oos=False)
     correct = [index for index, label in enumerate(val_labels) if top[index].label == label]
