@@ -173,14 +173,20 @@ def _new_model(train_texts: Sequence[str], train_labels: Sequence[str], labels: 
             encoder.finetune(train_texts, train_labels, config.finetune_epochs, config.finetune_lr, config.seed)
         torch.manual_seed(config.seed)
         vocab = Vocabulary([], word_ngrams=1)
-        model = IntentMLP(len(vocab), len(labels), config.hidden_size, config.hidden_layers, config.dropout,
-                          input_dim=encoder.dimension)
     else:
         encoder = None
         vocab = build_vocabulary(train_texts, word_ngrams=config.word_ngrams, char_ngrams=config.char_ngrams,
                                  pair_texts=pair_texts)
-        model = IntentMLP(len(vocab), len(labels), config.hidden_size, config.hidden_layers, config.dropout)
-    return TrainedModel(model=model, vocab=vocab, labels=labels, config=config, device=str(device), encoder=encoder)
+    return TrainedModel(model=_network(vocab, labels, config, encoder), vocab=vocab, labels=labels, config=config,
+                        device=str(device), encoder=encoder)
+
+
+def _network(vocab: Vocabulary, labels: list[str], config: TrainConfig,
+             encoder: SentenceEncoder | None) -> IntentMLP:
+    """A network of ``config``'s shape with fresh weights (torch's seed as it stands): bags of ``vocab``'s features,
+    or ``encoder``'s vectors where there is one."""
+    return IntentMLP(len(vocab), len(labels), config.hidden_size, config.hidden_layers, config.dropout,
+                     input_dim=encoder.dimension if encoder is not None else None)
 
 
 def train_split(split: Split, config: TrainConfig,
@@ -525,10 +531,8 @@ def _merge_more_heads(result: TrainedModel, heads: int, fit: Callable[[TrainedMo
     for index in range(1, heads):
         head_config = config.model_copy(update={"seed": config.seed + index})
         torch.manual_seed(head_config.seed)
-        head = TrainedModel(model=IntentMLP(0, len(result.labels), config.hidden_size, config.hidden_layers,
-                                            config.dropout, input_dim=result.encoder.dimension),
-                            vocab=result.vocab, labels=result.labels, config=head_config, device=result.device,
-                            encoder=result.encoder)
+        head = TrainedModel(model=_network(result.vocab, result.labels, config, result.encoder), vocab=result.vocab,
+                            labels=result.labels, config=head_config, device=result.device, encoder=result.encoder)
         logger.info("network %d of %d, seed %d", index + 1, heads, head_config.seed)
         fit(head, index)
         networks.append(head.model)
