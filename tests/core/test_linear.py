@@ -56,6 +56,24 @@ def test_the_linear_model_learns_the_examples_and_is_deterministic():
     assert not weight[0].any()  # padding stays zero
 
 
+def test_the_linear_model_is_the_regularised_optimum():
+    texts, names = [text for text, _ in EXAMPLES], [name for _, name in EXAMPLES]
+    labels = sorted(set(names))
+    vocab = build_vocabulary(texts, word_ngrams=2, char_ngrams=5)
+    targets = torch.tensor([labels.index(name) for name in names])
+
+    weight, bias = fit_linear(vocab, texts, targets, len(labels), torch.device("cpu"), c=10.0)
+
+    # The objective's gradient vanishes there: L-BFGS ran to convergence, not to an iteration limit.
+    weight, bias = weight.clone().requires_grad_(True), bias.clone().requires_grad_(True)
+    indices, weights = vocab.encode(texts)
+    logits = F.embedding_bag(indices, weight, per_sample_weights=weights, mode="sum", padding_idx=0) + bias
+    loss = F.cross_entropy(logits, targets) + weight.square().sum() / (2.0 * 10.0 * len(texts))
+    loss.backward()
+    assert len(vocab) > 200 and weight.abs().max() > 0.1
+    assert weight.grad.abs().max() < 1e-5 and bias.grad.abs().max() < 1e-5
+
+
 def test_a_trained_model_carries_the_linear_model_through_its_checkpoint(toy_folder, tmp_path):
     data = prepare_data(load_outcomes(toy_folder), PrepareConfig(augment_factor=12, min_val_per_label=2, seed=1))
     from intentflow.split import Split
