@@ -15,7 +15,7 @@ from intentflow.errors import IntentflowError, display_path
 
 PREFECT_YAML = Path(__file__).resolve().parent.parent / "prefect.yaml"
 RETRAIN_DEPLOYMENT = "retrain-monthly"
-BENCHMARK_DEPLOYMENT = "fewshot-nightly"
+NIGHTLY_DEPLOYMENT = "score-nightly"
 
 # Prefect's own models ignore unknown keys, so a misspelt key would silently do nothing: only these are allowed.
 ALLOWED_TOP = {"name", "prefect-version", "build", "push", "pull", "deployments"}
@@ -85,10 +85,10 @@ def serve_arguments(name: str = RETRAIN_DEPLOYMENT, path: str | Path = PREFECT_Y
 
 def runner_deployments(path: str | Path = PREFECT_YAML) -> list[Any]:
     """Every deployment of ``prefect.yaml`` as a ``RunnerDeployment`` of its flow, for ``intentflow serve``."""
-    from flows.benchmark import fewshot_benchmark
+    from flows.nightly import nightly_score
     from flows.retrain import retrain
 
-    flows = {RETRAIN_DEPLOYMENT: retrain, BENCHMARK_DEPLOYMENT: fewshot_benchmark}
+    flows = {RETRAIN_DEPLOYMENT: retrain, NIGHTLY_DEPLOYMENT: nightly_score}
     deployments = []
     for spec in load_prefect_yaml(path).get("deployments") or []:
         flow = flows.get(spec.get("name"))

@@ -11,20 +11,23 @@ from typing import Any, Literal
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 from prefect.runtime import flow_run
-from prefect.states import Completed, Failed, State
+from prefect.states import Completed, State
 from prefect.utilities.annotations import opaque
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, create_model
 
+from flows.verdict import failed_state, rejected_state
 from intentflow.checkpoint import build_payload, load_checkpoint
-from intentflow.config import MAX_CHAR_NGRAMS, MAX_WORD_NGRAMS, Settings, load_settings
-from intentflow.errors import IntentflowError
+from intentflow.config import Settings, apply_flat, flat_settings, load_settings
+from intentflow.errors import IntentflowError, ValidationFailed
 from intentflow.evaluate import Evaluation
 from intentflow.gate import GateDecision
+from intentflow.golden import GoldenSet, golden_folder
 from intentflow.incremental import OUTCOMES_KEY, ModeDecision, outcome_record, train_in_mode
 from intentflow.inference import Classifier, build_model
 from intentflow.onnx_export import require_exporter
 from intentflow.outcomes import OutcomeSet
 from intentflow.outcomes import load_outcomes as read_outcomes
+from intentflow.refit import HELD_OUT_ROLE, ServedModel, continue_served, refit_or_keep
 from intentflow.registry import Registry
 from intentflow.report import release_notes
 from intentflow.split import Split
@@ -32,6 +35,7 @@ from intentflow.train import TrainedModel
 from tasks.augment import augment_outcomes
 from tasks.evaluate import evaluate_model
 from tasks.gate import gate_candidate
+from tasks.golden import load_golden
 from tasks.incremental import choose_mode, select_incremental_rows
 from tasks.outcomes import load_outcomes
 from tasks.publish import publish_version
@@ -41,82 +45,62 @@ from tasks.train import continue_training, refit_model, train_model
 VERSIONS_ARTIFACT_KEY = "intent-model-versions"
 REPORT_ARTIFACT_KEY = "intent-model-report"
 CHECKPOINT_ARTIFACT_KEY = "intent-model-checkpoint"
-FROM_FILE = "empty = the value in config/training.toml"
 # The tag Prefect's scheduler gives every run it creates from a deployment's schedule.
 SCHEDULED_TAG = "auto-scheduled"
+# Where every setting's default in the form comes from.
+FROM_FILE = "default: config/training.toml's value when this deployment was made"
 
 
-class RetrainParameters(BaseModel):
-    """Everything a retrain run can be told. Empty overrides keep the value in ``config/training.toml``."""
+def _parameter_fields() -> dict[str, Any]:
+    """The form's fields: where to read and write, then every setting of ``intentflow.config.flat_settings`` with
+    the value ``config/training.toml`` gives it (read when this module is imported, i.e. when the deployment is
+    made, and again by the worker for runs that leave it unset), its limits and its one-line help."""
+    fields: dict[str, Any] = {
+        "outcomes": (str, Field("config/outcomes", description="Folder of outcome definition files")),
+        "evaluation": (str, Field("", description="Folder of the golden set (*.jsonl of labelled real utterances no "
+                                  "model trains on); empty = the folder evaluation beside the outcomes folder; "
+                                  "absent = none")),
+        "registry": (str, Field("artifacts", description="Model registry folder")),
+        "config": (str, Field("", description="Settings file; empty = config/training.toml. The settings below "
+                              "override it only where a run sets them")),
+    }
+    try:
+        defaults = load_settings()
+    except IntentflowError:
+        defaults = Settings()  # a broken settings file is reported by the run that reads it, not at import
+    for name, (_, annotation, info) in flat_settings(defaults).items():
+        info.description = f"{info.description} ({FROM_FILE})"
+        fields[name] = (annotation, info)
+    fields.update({
+        "force": (bool, Field(False, description="Retrain even when production already matches outcomes and "
+                              "config")),
+        "mode": (Literal["auto", "full", "incremental"], Field(
+            "auto", description="auto: incremental (from production's weights) when only examples or teach hints "
+            "were added, else full; full or incremental force one")),
+        "changed_paths": (list[str], Field(default_factory=list, description="Filled in by the outcome-change "
+                                           "trigger: the outcome files whose change started this run; leave empty")),
+    })
+    return fields
 
+
+class _Parameters(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    outcomes: str = Field("config/outcomes", description="Folder of outcome definition files")
-    registry: str = Field("artifacts", description="Model registry folder")
-    config: str | None = Field(None, description="Settings file; empty = config/training.toml")
-    augment_factor: int | None = Field(None, ge=0, le=100_000, description=f"Synthetic sentences per outcome "
-                                       f"(playbook 500); {FROM_FILE}")
-    epochs: int | None = Field(None, ge=1, le=100_000, description=f"Most epochs (playbook 1000); {FROM_FILE}")
-    lr: float | None = Field(None, gt=0, le=1, description=f"AdamW learning rate (playbook 0.003); {FROM_FILE}")
-    batch_size: int | None = Field(None, ge=1, le=1_000_000, description=f"Rows per step (playbook 64); {FROM_FILE}")
-    hidden_size: int | None = Field(None, ge=1, le=16_384, description=f"Hidden width (playbook 512); {FROM_FILE}")
-    hidden_layers: int | None = Field(None, ge=1, le=32, description=f"Hidden layers (1; playbook 4); {FROM_FILE}")
-    dropout: float | None = Field(None, ge=0, lt=1, description=f"Dropout (playbook 0.45); {FROM_FILE}")
-    weight_decay: float | None = Field(None, ge=0, le=1, description=f"Weight decay (playbook 1e-4); {FROM_FILE}")
-    patience: int | None = Field(None, ge=0, description=f"Early-stopping patience, 0 = off (20); {FROM_FILE}")
-    min_delta: float | None = Field(None, ge=0, lt=1, description=f"Early stopping: share by which a validation "
-                                    f"loss must beat the best (0.01); {FROM_FILE}")
-    seed: int | None = Field(None, ge=0, description=f"Seed of data and training (playbook 2025); {FROM_FILE}")
-    device: Literal["auto", "cpu", "cuda"] | None = Field(None, description=f"Where to train; {FROM_FILE}")
-    threshold: float | None = Field(None, ge=0, le=2, description=f"Validation accuracy to promote (0.60); above 1 "
-                                     f"never promotes (a dry run); {FROM_FILE}")
-    label_smoothing: float | None = Field(None, ge=0, lt=1, description=f"Label smoothing (0.1); {FROM_FILE}")
-    featurizer: Literal["bow", "embeddings"] | None = Field(
-        None, description=f"bow, or embeddings from a sentence encoder (needs intentflow[embeddings]); {FROM_FILE}")
-    word_ngrams: int | None = Field(None, ge=1, le=MAX_WORD_NGRAMS, description=f"Bag-of-words: single words and "
-                                    f"runs of up to this many words, 1 = single words only (2); {FROM_FILE}")
-    char_ngrams: int | None = Field(None, ge=0, le=MAX_CHAR_NGRAMS, description=f"Bag-of-words: also character "
-                                    f"n-grams of 2 to this many characters inside each word, 0 = words only (5); "
-                                    f"{FROM_FILE}")
-    linear_share: float | None = Field(None, ge=0, le=1, description=f"Bag-of-words: share of the logits from a "
-                                       f"logistic regression on the examples, 0 = MLP alone (0.5); {FROM_FILE}")
-    embedding_model: str | None = Field(None, max_length=1000, description=f"Sentence encoder, hub name or folder "
-                                        f"(bundled all-MiniLM-L6-v2); {FROM_FILE}")
-    finetune_epochs: int | None = Field(None, ge=0, le=1000, description=f"Contrastive fine-tuning epochs of the "
-                                        f"encoder, 0 = frozen (6); {FROM_FILE}")
-    finetune_lr: float | None = Field(None, gt=0, le=1, description=f"Learning rate of the encoder's fine-tuning "
-                                      f"(5e-05); {FROM_FILE}")
-    embedding_layers: list[int] | None = Field(None, max_length=64, description=f"Hidden layers of the encoder "
-                                               f"(0 = word embeddings) whose averaged token states are appended to "
-                                               f"its sentence vector, [] = none ([4]); {FROM_FILE}")
-    embedding_heads: int | None = Field(None, ge=1, le=32, description=f"Networks trained from consecutive seeds on "
-                                        f"the same sentence vectors, merged to average their logits (5); {FROM_FILE}")
-    refit: bool | None = Field(None, description=f"After the gate passes, train again on the training and validation "
-                               f"rows for the chosen epoch count and publish that model (true); {FROM_FILE}")
-    oos_threshold: Literal["auto", "off"] | float | None = Field(
-        None, description=f"Confidence below which the answer is unknown: auto (calibrated), off, or 0-1; {FROM_FILE}")
-    unknown_label: str | None = Field(None, min_length=1, max_length=200, description=f"Label of out-of-scope "
-                                      f"answers (unknown); {FROM_FILE}")
-    onnx: bool | None = Field(None, description=f"Also publish <version>.onnx with each version (needs "
-                              f"intentflow[onnx]); {FROM_FILE}")
-    force: bool = Field(False, description="Retrain even when production already matches outcomes and config")
-    mode: Literal["auto", "full", "incremental"] = Field(
-        "auto", description="auto: incremental (from production's weights) when only examples or teach hints were "
-        "added, else full; full or incremental force one")
-    changed_paths: list[str] = Field(default_factory=list, description="Outcome files whose change triggered "
-                                     "this run (filled in by the outcome-change trigger)")
+    def settings(self) -> Settings:
+        """``config`` (or config/training.toml) with the settings this run set explicitly."""
+        chosen = {name: getattr(self, name) for name in self.model_fields_set if name in SETTING_NAMES}
+        try:
+            return apply_flat(load_settings(self.config or None), chosen)
+        except ValidationFailed:
+            raise
+        except ValueError as error:
+            raise IntentflowError(f"invalid setting: {error}") from None
 
-    def settings(self) -> Any:
-        train_keys = ("epochs", "lr", "batch_size", "hidden_size", "hidden_layers", "dropout", "weight_decay",
-                      "patience", "min_delta", "seed", "device", "label_smoothing", "featurizer", "word_ngrams",
-                      "char_ngrams", "linear_share", "embedding_model", "finetune_epochs", "finetune_lr",
-                      "embedding_layers", "embedding_heads", "refit", "oos_threshold", "unknown_label")
-        return load_settings(self.config).with_overrides(
-            prepare={"augment_factor": self.augment_factor, "seed": self.seed},
-            train={key: getattr(self, key) for key in train_keys},
-            gate={"threshold": self.threshold},
-            publish={"onnx": self.onnx},
-        )
+
+SETTING_NAMES = frozenset(flat_settings(Settings()))
+# Everything a retrain run can be told; built from the settings model, so a new setting is a new field here too.
+RetrainParameters = create_model("RetrainParameters", __base__=_Parameters, __module__=__name__,
+                                 __doc__="Everything a retrain run can be told.", **_parameter_fields())
 
 
 def whole(task_function: Callable[..., Any]) -> Callable[..., Any]:
@@ -130,7 +114,7 @@ def whole(task_function: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def run_name() -> str:
-    """``retrain-2026-11-24-<hash>``: the date and the outcome content the run trains on."""
+    """``retrain-2026-11-24-031245-<hash>``: when the run started (UTC) and the outcome content it trains on."""
     parameters = flow_run.parameters or {}
     params = parameters.get("params") or {}
     folder = params.get("outcomes") if isinstance(params, dict) else getattr(params, "outcomes", None)
@@ -138,7 +122,7 @@ def run_name() -> str:
         content = read_outcomes(folder or "config/outcomes").content_hash[:8]
     except IntentflowError:
         content = "invalid-outcomes"
-    return f"retrain-{datetime.now(UTC):%Y-%m-%d}-{content}"
+    return f"retrain-{datetime.now(UTC):%Y-%m-%d-%H%M%S}-{content}"
 
 
 @flow(name="retrain", flow_run_name=run_name, validate_parameters=True, persist_result=False)
@@ -148,13 +132,46 @@ def retrain(params: RetrainParameters = RetrainParameters()) -> State:  # noqa: 
     try:
         return _retrain(params, logger)
     except IntentflowError as error:
-        logger.error("%s", error)
-        return Failed(message=str(error))
+        return failed_state(str(error), logger)
 
 
 def scheduled_run() -> bool:
     """Whether this run was created by the deployment's schedule (the monthly run), not by a trigger or a person."""
     return SCHEDULED_TAG in (flow_run.tags or [])
+
+
+@dataclass(frozen=True)
+class _Production:
+    """Production as a run sees it: the model it serves, and the held-out model it was judged as (the same model
+    where it keeps none apart)."""
+
+    name: str
+    served_payload: dict[str, Any]
+    served: Classifier
+    held_out_payload: dict[str, Any]
+    held_out: Classifier
+
+    @property
+    def keeps_held_out(self) -> bool:
+        return self.held_out_payload is not self.served_payload
+
+
+def _load_production(registry: Registry, logger: Any) -> _Production | None:
+    version = registry.production()
+    if version is None:
+        return None
+    try:
+        served_payload = load_checkpoint(version.checkpoint)
+        held_out_payload = (load_checkpoint(version.held_out_checkpoint)
+                            if version.held_out_checkpoint != version.checkpoint else served_payload)
+        served = Classifier(*build_model(served_payload), payload=served_payload)
+        held_out = (served if held_out_payload is served_payload
+                    else Classifier(*build_model(held_out_payload), payload=held_out_payload))
+    except IntentflowError as error:
+        logger.warning("production %s cannot be loaded, so it is neither compared nor continued from: %s",
+                       version.name, error)
+        return None
+    return _Production(version.name, served_payload, served, held_out_payload, held_out)
 
 
 def _retrain(params: RetrainParameters, logger: Any) -> State:
@@ -167,6 +184,8 @@ def _retrain(params: RetrainParameters, logger: Any) -> State:
     outcome_set = load_outcomes(params.outcomes)
     for warning in outcome_set.warnings:
         logger.warning("%s", warning)
+    golden = load_golden(str(golden_folder(params.outcomes, params.evaluation)), outcome_set,
+                             settings.train.unknown_label)
     registry = Registry(params.registry)
     config = {"prepare": settings.prepare.model_dump(), "train": settings.train.model_dump()}
     current = registry.up_to_date(outcome_set.content_hash, config)
@@ -191,19 +210,12 @@ def _retrain(params: RetrainParameters, logger: Any) -> State:
         logger.warning("%s has a single original: its validation rows paraphrase training rows", label)
     split = split.for_featurizer(settings.train.featurizer)
 
-    production_version = registry.production()
-    production = production_payload = None
-    if production_version is not None:
-        try:
-            production_payload = load_checkpoint(production_version.checkpoint)
-            production = Classifier(*build_model(production_payload), payload=production_payload)
-        except IntentflowError as error:
-            logger.warning("production %s cannot be loaded, so it is neither compared nor continued from: %s",
-                           production_version.name, error)
-    chosen = whole(choose_mode)(params.mode, outcome_set, config, production_payload, split, scheduled=scheduled)
+    production = _load_production(registry, logger)
+    # Modes are chosen, and incremental runs continue, from the model production was judged as.
+    chosen = whole(choose_mode)(params.mode, outcome_set, config, production and production.held_out_payload, split,
+                                scheduled=scheduled)
     logger.info("training mode %s: %s", chosen.mode, chosen.reason)
-    production_name = production_version.name if production_version else None
-    attempt = _train_and_gate(chosen, outcome_set, split, settings, production_payload, production, production_name)
+    attempt = _train_and_gate(chosen, outcome_set, split, settings, production, golden)
     if chosen.mode == "incremental" and chosen.requested == "auto" and not attempt.decision.promote:
         # An incremental run inherits production's weights; when the gate turns it down, a full retrain (new
         # weights, every row) still ships what was taught if it passes. The rejected attempt is recorded, not
@@ -213,33 +225,47 @@ def _retrain(params: RetrainParameters, logger: Any) -> State:
                                 f"({attempt.decision.reason}), so this run retrained in full", chosen.scheduled)
         rejected = {"val_accuracy": attempt.evaluation.accuracy, "gate": attempt.decision.reason,
                     "new_rows": attempt.training.get("new_rows"), "replay_rows": attempt.training.get("replay_rows")}
-        attempt = _train_and_gate(fallback, outcome_set, split, settings, production_payload, production,
-                                  production_name, extra_training={"incremental_attempt": rejected})
+        attempt = _train_and_gate(fallback, outcome_set, split, settings, production, golden,
+                                  extra_training={"incremental_attempt": rejected})
         chosen = fallback
     payload, evaluation, decision = attempt.payload, attempt.evaluation, attempt.decision
-    mode = f"{chosen.mode} ({chosen.reason})"
-    refit = (payload.get("training") or {}).get("refit")
-    if refit:
-        mode += (f"; then refit on all {refit['rows']} rows for {refit['epochs']} epochs, the validation accuracy "
-                 "being the held-out model's" if refit["published"] else
-                 "; the refit on all rows scored below the held-out model on its own rows, so the held-out model "
-                 "is published")
-    notes = release_notes(payload, production_payload, production_name, mode=mode)
+    notes = release_notes(payload, production and production.served_payload, production and production.name,
+                          mode=_mode_line(chosen, attempt.training), decision=decision.to_dict())
     run = {"flow_run_id": str(flow_run.id), "flow_run_name": flow_run.name, "changed_paths": params.changed_paths}
     publication = whole(publish_version)(params.registry, payload, evaluation, decision, notes, run,
-                                  onnx=settings.publish.onnx)
+                                         onnx=settings.publish.onnx, held_out=attempt.held_out_payload,
+                                         golden=attempt.golden_evaluation)
 
     verdict = "promoted" if decision.promote else "rejected"
     create_markdown_artifact(key=REPORT_ARTIFACT_KEY, markdown=publication.report,
                              description=f"{publication.version}: {verdict} ({chosen.mode} training)")
     create_link_artifact(key=CHECKPOINT_ARTIFACT_KEY, link=publication.checkpoint.resolve().as_uri(),
                          link_text=f"{publication.version} checkpoint",
-                         description=f"Checkpoint of {publication.version}")
+                         description=f"Checkpoint of {publication.version} (a file on the machine that ran the "
+                                     "flow)")
     _versions_table(registry)
     if not decision.promote:
-        return Failed(message=f"gate rejected {publication.version}: {decision.reason}; production "
-                              f"{publication.production or '(none)'} is unchanged")
-    return Completed(message=f"promoted {publication.version} to production: {decision.reason}")
+        message = (f"gate rejected {publication.version}: {decision.reason}; production "
+                   f"{publication.production or '(none)'} is unchanged")
+        return rejected_state(message, logger)
+    message = f"promoted {publication.version} to production: {decision.reason}"
+    logger.info(message)
+    return Completed(message=message)
+
+
+def _mode_line(chosen: ModeDecision, training: dict[str, Any]) -> str:
+    mode = f"{chosen.mode} ({chosen.reason})"
+    served = training.get("refit")
+    if served and served.get("published") and served.get("mode") == "incremental":
+        mode += "; production's served model continued on the same new sentences is served, the figures being the "
+        mode += "held-out model's"
+    elif served and served.get("published"):
+        mode += (f"; then refit on all {served['rows']} rows for {served['epochs']} epochs and served, the figures "
+                 "being the held-out model's")
+    elif served:
+        mode += ("; the refit on all rows scored below the held-out model on its own rows, so the held-out model "
+                 "is served")
+    return mode
 
 
 @dataclass(frozen=True)
@@ -248,27 +274,57 @@ class _Attempt:
     evaluation: Evaluation
     decision: GateDecision
     training: dict[str, Any]
+    # The held-out model's payload where the version serves another model; None where it serves the held-out one.
+    held_out_payload: dict[str, Any] | None
+    golden_evaluation: Evaluation | None
 
 
 def _train_and_gate(chosen: ModeDecision, outcome_set: OutcomeSet, split: Split, settings: Settings,
-                    production_payload: dict[str, Any] | None, production: Classifier | None,
-                    production_name: str | None, extra_training: dict[str, Any] | None = None) -> _Attempt:
-    """Train in ``chosen``'s mode, build the version's payload, evaluate it and let the gate decide."""
-    mode_training = train_in_mode(chosen, split, production_payload, settings, production_name,
+                    production: _Production | None, golden: GoldenSet | None,
+                    extra_training: dict[str, Any] | None = None) -> _Attempt:
+    """Train the held-out model in ``chosen``'s mode, derive the model to serve, evaluate, and let the gate decide.
+
+    The held-out model never sees the validation originals; it is what the figures and the gate's held-out
+    comparison measure. The served model (a refit, or production's served model continued) is held to the golden
+    set, which no model trains on.
+    """
+    base = production.held_out_payload if production else None
+    mode_training = train_in_mode(chosen, split, base, settings, production and production.name,
                                   select=whole(select_incremental_rows), resume=whole(continue_training),
                                   full=whole(train_model))
-    trained, training = mode_training.trained, {**mode_training.record, **(extra_training or {})}
+    held_out, training = mode_training.trained, {**mode_training.record, **(extra_training or {})}
     val_texts = [row.text for row in split.val]
     val_labels = [row.label for row in split.val]
-    payload, candidate = _version(trained, split, outcome_set, settings, mode_training.train_originals, training)
-    evaluation = whole(evaluate_model)(candidate, val_texts, val_labels)
-    decision = whole(gate_candidate)(evaluation.accuracy, trained.labels, val_texts, val_labels, settings.gate,
-                              production, production_name, candidate=candidate,
-                              val_originals=[row.original for row in split.val],
-                              candidate_trained_on=payload["train_originals"])
-    if chosen.mode == "full" and settings.train.refit and decision.promote and split.val:
-        payload = _refit(trained, split, evaluation, payload, outcome_set, settings, training)
-    return _Attempt(payload, evaluation, decision, training)
+    held_payload, held_classifier = _version(held_out, split, outcome_set, settings, mode_training.train_originals,
+                                             training)
+    evaluation = whole(evaluate_model)(held_classifier, val_texts, val_labels)
+    served = ServedModel(held_out, mode_training.train_originals)
+    # A candidate already below the threshold is rejected whatever it serves: no second training for it.
+    if split.val and evaluation.accuracy >= settings.gate.threshold:
+        if chosen.mode == "full" and settings.train.refit:
+            served = refit_or_keep(held_out, split, evaluation.accuracy, refit=whole(refit_model))
+        elif chosen.mode == "incremental" and production is not None and production.keeps_held_out:
+            served = continue_served(production.served_payload, held_out, split, settings,
+                                     select=whole(select_incremental_rows), resume=whole(continue_training))
+    if served.record is not None:
+        # "refit": the served model also learnt the validation rows (retrained on every row, or production's
+        # served model continued); the version's figures stay the held-out model's.
+        training["refit"] = served.record
+    payload, served_classifier = held_payload, held_classifier
+    if not served.is_held_out:
+        payload, served_classifier = _version(served.trained, split, outcome_set, settings, served.train_originals,
+                                              training)
+        payload["keeps_held_out"] = True
+        held_payload["role"] = HELD_OUT_ROLE
+    decision = whole(gate_candidate)(evaluation.accuracy, held_out.labels, val_texts, val_labels, settings.gate,
+                                     production and production.held_out, production and production.name,
+                                     candidate=held_classifier, val_originals=[row.original for row in split.val],
+                                     candidate_trained_on=held_payload["train_originals"], golden=golden,
+                                     candidate_served=served_classifier,
+                                     production_served=production and production.served)
+    golden_evaluation = golden.evaluate(served_classifier) if golden is not None else None
+    return _Attempt(payload, evaluation, decision, training, None if served.is_held_out else held_payload,
+                    golden_evaluation)
 
 
 def _version(trained: TrainedModel, split: Split, outcome_set: OutcomeSet, settings: Settings,
@@ -282,37 +338,13 @@ def _version(trained: TrainedModel, split: Split, outcome_set: OutcomeSet, setti
     return payload, Classifier(*build_model(payload), payload=payload, encoder=trained.encoder)
 
 
-def _refit(held_out: TrainedModel, split: Split, evaluation: Evaluation, payload: dict[str, Any],
-           outcome_set: OutcomeSet, settings: Settings, training: dict[str, Any]) -> dict[str, Any]:
-    """The payload of the model refit on every row, or ``payload`` (the held-out model's) if the refit is worse.
-
-    The gate judged the held-out model; the refit trains the same way on the validation rows too. It must score at
-    least as well as the held-out model on those rows (it has learnt them), or something went wrong and the
-    held-out model is published instead. Either way ``training["refit"]`` says what happened.
-    """
-    logger = get_run_logger()
-    refitted = whole(refit_model)(held_out, split)
-    refit_payload, refit_classifier = _version(refitted, split, outcome_set, settings,
-                                               [row.original for row in [*split.train, *split.val]], training)
-    check = whole(evaluate_model)(refit_classifier, [row.text for row in split.val], [row.label for row in split.val])
-    training["refit"] = {**(refitted.refit or {}), "val_accuracy_trained_on": check.accuracy}
-    if check.accuracy < evaluation.accuracy:
-        training["refit"]["published"] = False
-        logger.warning("the refit model scores %.4f on the validation rows it trained on, below the held-out "
-                       "model's %.4f; publishing the held-out model", check.accuracy, evaluation.accuracy)
-        return payload
-    training["refit"]["published"] = True
-    logger.info("publishing the model refit on all %d rows for %d epochs (the gate judged the held-out model)",
-                training["refit"]["rows"], training["refit"]["epochs"])
-    return refit_payload
-
-
 def _versions_table(registry: Registry) -> None:
     rows: list[dict[str, Any]] = [
         {
             "version": version.name,
             "status": registry.status(version),
             "val_accuracy": round(float(version.info.get("val_accuracy", 0.0)), 4),
+            "golden_accuracy": _rounded((version.info.get("golden") or {}).get("accuracy")),
             "macro_f1": round(float(version.info.get("macro_f1", 0.0)), 4),
             "outcomes": len(version.info.get("labels", [])),
             "outcome_hash": str(version.info.get("outcome_hash", ""))[:12],
@@ -320,4 +352,9 @@ def _versions_table(registry: Registry) -> None:
         }
         for version in reversed(registry.versions())
     ]
-    create_table_artifact(key=VERSIONS_ARTIFACT_KEY, table=rows, description="Every intent model version, newest first")
+    create_table_artifact(key=VERSIONS_ARTIFACT_KEY, table=rows, description="Every intent model version, newest "
+                          "first; accuracies are measured on sentences the model never learnt")
+
+
+def _rounded(value: Any) -> float | None:
+    return round(float(value), 4) if isinstance(value, int | float) else None

@@ -24,6 +24,7 @@ from intentflow.train import TrainedModel
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 FORMAT = "intentflow-checkpoint"
 FORMAT_VERSION = 1
+HELD_OUT_SUFFIX = ".heldout.pt"
 REQUIRED = {"format": str, "format_version": int, "state_dict": dict, "config": dict, "vocab": list,
             "labels": list, "metrics": dict}
 
@@ -89,6 +90,12 @@ def save_checkpoint(payload: dict[str, Any], path: str | Path) -> Path:
 
 def metrics_path(path: Path) -> Path:
     return path.with_name(path.name + ".metrics.json")
+
+
+def held_out_path(checkpoint: str | Path) -> Path:
+    """Where the held-out model a checkpoint was judged as is kept, beside it: ``model.pt`` -> ``model.heldout.pt``."""
+    checkpoint = Path(checkpoint)
+    return checkpoint.with_name(checkpoint.name.removesuffix(".pt") + HELD_OUT_SUFFIX)
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:

@@ -82,6 +82,12 @@ def _add_flags(parser: argparse.ArgumentParser, flags: dict[str, tuple[Any, str]
             parser.add_argument("--" + name.replace("_", "-"), dest=name, type=kind, default=None, help=help_text)
 
 
+def _add_evaluation(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--evaluation", type=Path, default=None,
+                        help="golden-set folder: *.jsonl of labelled real utterances no model trains on (default: "
+                             "the folder evaluation beside the outcomes folder, config/evaluation, when present)")
+
+
 def _add_config(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", type=Path, default=None,
                         help="settings file (default: config/training.toml when present)")
@@ -100,6 +106,7 @@ def _settings(args: argparse.Namespace, prepare: bool, train: bool) -> Any:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
+    from intentflow.golden import golden_folder, load_golden
     from intentflow.outcomes import load_outcomes
 
     outcomes = load_outcomes(args.outcomes)
@@ -109,6 +116,11 @@ def cmd_validate(args: argparse.Namespace) -> int:
     print(f"ok: {summary['outcomes']} outcomes, {summary['originals']} originals "
           f"({summary['examples']} examples, {summary['teach_hints']} teach hints), "
           f"{summary['synonyms']} synonym phrases; content hash {outcomes.content_hash[:12]}")
+    golden = load_golden(golden_folder(args.outcomes, args.evaluation), outcomes)
+    if golden is not None:
+        shown = golden.to_dict()
+        print(f"ok: golden set {golden.folder}: {shown['rows']} sentences, {shown['out_of_scope']} of them out of "
+              "scope, none in an outcome file")
     return 0
 
 
@@ -148,25 +160,57 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    from intentflow.checkpoint import held_out_path, load_checkpoint
     from intentflow.dataset import read_labelled
+    from intentflow.errors import display_path
     from intentflow.evaluate import evaluate_model
-    from intentflow.inference import Classifier
+    from intentflow.golden import golden_folder, load_golden
+    from intentflow.inference import Classifier, build_model
+    from intentflow.registry import resolve_checkpoint
 
     classifier = Classifier.load(args.checkpoint)
+    oos_labels = args.oos_label
+    golden = None
+    if args.data is not None and args.validation:
+        raise IntentflowError("pass --data FILE or --validation, not both")
+    if args.data is None and not args.validation:
+        golden = load_golden(golden_folder(DEFAULT_OUTCOMES, args.evaluation), unknown_label=classifier.unknown_label)
+    unknown = sorted({label for label in golden.labels if label not in golden.oos_labels} - set(classifier.labels)
+                     ) if golden is not None else []
+    if unknown and args.evaluation is not None:
+        raise IntentflowError(f"the golden set {golden.folder} has labels this model does not know: "
+                              f"{', '.join(unknown[:10])} (fix: pass the model's own golden set with --evaluation, "
+                              "--data FILE, or --validation for its recorded validation set)")
+    note = ""
+    if unknown:
+        # The golden set found by default belongs to other outcomes (another model's checkpoint was named).
+        note = f" (the golden set {golden.folder} is for other outcomes, e.g. {unknown[0]})"
+        golden = None
     if args.data is not None:
         texts, labels, _ = read_labelled(args.data)
         source = str(args.data)
+    elif golden is not None:
+        texts, labels = list(golden.texts), list(golden.labels)
+        oos_labels = oos_labels or list(golden.oos_labels)
+        source = f"the golden set in {golden.folder} ({len(texts)} sentences no model trains on)"
     else:
+        # The validation set recorded in the checkpoint is honest only for a model that never learnt it: the
+        # held-out model a refit version keeps beside the one it serves.
+        held_out = held_out_path(resolve_checkpoint(args.checkpoint))
+        if held_out.is_file():
+            payload = load_checkpoint(held_out)
+            classifier = Classifier(*build_model(payload), payload=payload)
         recorded = classifier.payload.get("validation", {})
         texts, labels = list(recorded.get("text", [])), list(recorded.get("label", []))
-        source = "the validation set recorded in the checkpoint"
-        if classifier.payload.get("metrics", {}).get("refit"):
+        source = "the validation set recorded in the checkpoint" + note
+        if held_out.is_file():
+            source += f", scored with the held-out model it was judged as ({display_path(held_out)})"
+        elif classifier.payload.get("metrics", {}).get("refit"):
             source += (" (this model was refit on it, so this is not held-out accuracy; the held-out run scored "
                        f"{_pct(classifier.payload['metrics'].get('val_accuracy'))})")
         if not texts:
             raise IntentflowError("the checkpoint records no validation set (fix: pass --data FILE.jsonl)")
-    evaluation = evaluate_model(classifier, texts, labels,
-                                **({"oos_labels": args.oos_label} if args.oos_label else {}))
+    evaluation = evaluate_model(classifier, texts, labels, **({"oos_labels": oos_labels} if oos_labels else {}))
     if args.json:
         print(json.dumps({"data": source, **evaluation.to_dict()}, indent=2))
     else:
@@ -226,8 +270,8 @@ def cmd_retrain(args: argparse.Namespace) -> int:
                      if name in RetrainParameters.model_fields and getattr(args, name, None) is not None}
         try:
             params = RetrainParameters(outcomes=str(args.outcomes), registry=str(args.registry),
-                                       config=str(args.config) if args.config else None, force=args.force,
-                                       mode=args.mode, **overrides)
+                                       evaluation=str(args.evaluation or ""), config=str(args.config or ""),
+                                       force=args.force, mode=args.mode, **overrides)
         except ValueError as error:
             raise IntentflowError(f"invalid retrain option: {error}") from None
         if server is None:
@@ -278,11 +322,16 @@ def cmd_versions(args: argparse.Namespace) -> int:
     if not versions:
         print(f"no versions in {args.registry}")
         return 0
-    print(f"{'version':<28} {'status':<11} {'val acc':>8} {'macro-F1':>8}  {'outcomes':>8}  created")
+    # Both accuracies are on sentences the version never learnt: its held-out model on the validation set, the
+    # served model on the golden set (config/evaluation).
+    print(f"{'version':<28} {'status':<11} {'held-out':>8} {'golden':>8} {'macro-F1':>8}  {'outcomes':>8}  created")
     for version in versions:
         info = version.info
+        golden = (info.get("golden") or {}).get("accuracy")
+        shown = "-" if golden is None else f"{golden:.4f}"
         print(f"{version.name:<28} {registry.status(version):<11} {info.get('val_accuracy', 0):>8.4f} "
-              f"{info.get('macro_f1', 0):>8.4f}  {len(info.get('labels', [])):>8}  {info.get('created_at', '')}")
+              f"{shown:>8} {info.get('macro_f1', 0):>8.4f}  "
+              f"{len(info.get('labels', [])):>8}  {info.get('created_at', '')}")
     return 0
 
 
@@ -384,8 +433,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-q", "--quiet", action="store_true", help="log warnings only")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    validate = commands.add_parser("validate", help="check the outcome files, reporting every problem")
+    validate = commands.add_parser("validate", help="check the outcome files and the golden set, reporting every "
+                                   "problem")
     validate.add_argument("--outcomes", type=Path, default=Path(DEFAULT_OUTCOMES))
+    _add_evaluation(validate)
     validate.set_defaults(handler=cmd_validate)
 
     prepare = commands.add_parser("prepare", help="augment and split outcomes into train/val JSONL")
@@ -407,7 +458,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     evaluate = commands.add_parser("evaluate", help="score a checkpoint (or a registry's production model)")
     evaluate.add_argument("--checkpoint", type=Path, required=True, help="checkpoint file or registry folder")
-    evaluate.add_argument("--data", type=Path, default=None, help='labelled JSONL ({"text","label"} per line)')
+    evaluate.add_argument("--data", type=Path, default=None, help='labelled JSONL ({"text","label"} per line); '
+                          "default: the golden set, or without one the validation set recorded in the checkpoint")
+    _add_evaluation(evaluate)
+    evaluate.add_argument("--validation", action="store_true",
+                          help="score the validation set recorded in the checkpoint, with the held-out model the "
+                               "version was judged as where it keeps one")
     evaluate.add_argument("--json", action="store_true", help="print one JSON object")
     evaluate.add_argument("--oos-label", action="append", default=None,
                           help="label of out-of-scope rows in --data, for out-of-scope recall (default: oos, "
@@ -440,6 +496,7 @@ def build_parser() -> argparse.ArgumentParser:
     retrain = commands.add_parser("retrain", help="run the Prefect retrain flow once (the main job)")
     retrain.add_argument("--outcomes", type=Path, default=Path(DEFAULT_OUTCOMES))
     retrain.add_argument("--registry", type=Path, default=Path(DEFAULT_REGISTRY))
+    _add_evaluation(retrain)
     retrain.add_argument("--threshold", type=float, default=None, help="validation accuracy needed to promote")
     retrain.add_argument("--force", action="store_true", help="retrain even when production is up to date")
     retrain.add_argument("--mode", choices=["auto", "full", "incremental"], default="auto",

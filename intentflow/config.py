@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic.fields import FieldInfo
 
 from intentflow.errors import Problem, ValidationFailed, display_path
 
@@ -62,8 +63,8 @@ class TrainConfig(_Strict):
     embedding_heads: int = Field(5, ge=1, le=32, description="Embeddings: networks trained from consecutive seeds "
                                  "on the same sentence vectors and merged into one that averages their logits; "
                                  "1 = a single network")
-    refit: bool = Field(True, description="After the gate passes, train again on the training and validation rows "
-                        "for the chosen epoch count, and publish that model")
+    refit: bool = Field(True, description="Serve a model trained again on the training and validation rows for "
+                        "the held-out run's epoch count; the gate judges the held-out model, kept beside it")
     oos_threshold: Literal["auto", "off"] | float = Field(
         "auto", description="Confidence below which a prediction is the unknown label; auto calibrates it on "
         "validation for embeddings (off for bag-of-words), off never answers unknown")
@@ -137,6 +138,41 @@ class Settings(_Strict):
             except ValidationError as error:
                 raise ValidationFailed(_problems(error, "overrides", section)) from None
         return self.model_copy(update=updated)
+
+
+# The sections a run can override by flat name (a flag, a flow parameter): the key itself, or with a prefix where
+# another section has the same key. ``seed`` is both prepare's and train's.
+FLAT_PREFIXES = {"prepare": "", "train": "", "gate": "", "publish": "", "incremental": "incremental_"}
+
+
+def flat_settings(settings: Settings) -> dict[str, tuple[list[tuple[str, str]], Any, FieldInfo]]:
+    """Every setting by flat name: where it lives ([(section, key)]), its type, and its field (bounds, help) with
+    ``settings``' value as the default. The one place settings are listed; flags and flow parameters are built
+    from it."""
+    flat: dict[str, tuple[list[tuple[str, str]], Any, FieldInfo]] = {}
+    for section, prefix in FLAT_PREFIXES.items():
+        model = type(getattr(settings, section))
+        for key, info in model.model_fields.items():
+            name = prefix + key
+            if name in flat:
+                flat[name][0].append((section, key))
+                continue
+            value = getattr(getattr(settings, section), key)
+            flat[name] = ([(section, key)], info.annotation,
+                          FieldInfo.merge_field_infos(info, default=value, default_factory=None))
+    return flat
+
+
+def apply_flat(settings: Settings, values: dict[str, Any]) -> Settings:
+    """``settings`` with settings given by flat name (see ``flat_settings``) replaced; None keeps a value."""
+    places = flat_settings(settings)
+    sections: dict[str, dict[str, Any]] = {}
+    for name, value in values.items():
+        if name not in places:
+            raise KeyError(name)
+        for section, key in places[name][0]:
+            sections.setdefault(section, {})[key] = value
+    return settings.with_overrides(**sections)
 
 
 def load_settings(path: str | Path | None = None) -> Settings:

@@ -65,13 +65,13 @@ def choose_mode(requested: str, outcomes: OutcomeSet, config: dict[str, Any], pr
                 split: Split, *, scheduled: bool = False) -> ModeDecision:
     """``full`` or ``incremental`` for a run on ``outcomes`` and ``split`` with ``config``, and why.
 
-    ``production`` is production's checkpoint payload (None without one). ``auto`` is ``incremental`` only when
-    production has the same outcomes, synonyms and config, every original it knew is still there under the same
-    outcome, at least one original is new and on the training side of ``split``, no original production trained on
-    is in validation (a refit production's own validation originals excepted: they stay validation), and the run
-    is not scheduled (``scheduled``: the monthly run is always full); otherwise ``full``. ``full`` and
-    ``incremental`` force the mode; ``incremental`` is refused (``IntentflowError``) when it cannot be done: no
-    production, other outcomes, another network size, or nothing new to train on.
+    ``production`` is the payload of the model production was judged as, its held-out model (None without one).
+    ``auto`` is ``incremental`` only when production has the same outcomes, synonyms and config, every original it
+    knew is still there under the same outcome, at least one original is new and on the training side of ``split``,
+    no original production trained on is in validation, and the run is not scheduled (``scheduled``: the monthly
+    run is always full); otherwise ``full``. ``full`` and ``incremental`` force the mode; ``incremental`` is
+    refused (``IntentflowError``) when it cannot be done: no production, other outcomes, another network size, or
+    nothing new to train on.
     """
     if requested not in MODES:
         raise IntentflowError(f"mode {requested!r} is not one of {', '.join(MODES)}")
@@ -83,6 +83,9 @@ def choose_mode(requested: str, outcomes: OutcomeSet, config: dict[str, Any], pr
     if requested == "incremental":
         if blocker is None and not unseen:
             blocker = "no training sentence is new to production"
+        if blocker is None:
+            # Forced or not, a candidate is never judged on sentences the model it continues from learnt.
+            blocker = _moved_into_validation(split, production)
         if blocker is not None:
             raise IntentflowError(f"cannot train incrementally: {blocker} (fix: use mode full or auto)")
         return ModeDecision("incremental", requested, f"incremental asked for (mode incremental); "
@@ -93,11 +96,9 @@ def choose_mode(requested: str, outcomes: OutcomeSet, config: dict[str, Any], pr
     reason = blocker or _auto_reason(outcomes, config, production, new, unseen, split)
     if reason is not None:
         return ModeDecision("full", requested, reason, scheduled)
-    refit = ("; production was refit on its validation rows, so validation checks that the candidate keeps them"
-             if _refit(production) else "")
     return ModeDecision("incremental", requested, f"only examples or teach hints were added "
                         f"({_count(len(new), 'new original')}: {_sample(new)}) and production has the same "
-                        f"outcomes{refit}", scheduled, len(new))
+                        "outcomes", scheduled, len(new))
 
 
 def select_incremental_rows(train: Sequence[Row], production: dict[str, Any], replay_ratio: float,
@@ -169,11 +170,17 @@ def _auto_reason(outcomes: OutcomeSet, config: dict[str, Any], production: dict[
     if not unseen:
         return (f"every new original landed in validation ({_sample(new)}), so an incremental run would have "
                 "nothing new to train on")
-    trained_on = {normalise_text(text) for text in production.get("train_originals", [])}
     if _refit(production):
-        # A refit production learnt its own validation originals too; they stay validation, and the gate then
-        # checks that the candidate has not forgotten them. Only originals it learnt as training rows count here.
-        trained_on -= {normalise_text(text) for text in (production.get("validation") or {}).get("original", [])}
+        # Continuing a model that learnt the validation rows would score the candidate on sentences it learnt.
+        # Versions keep their held-out model for this (``production`` is then that one); older ones do not.
+        return ("production was refit on its validation rows and keeps no held-out model (it was published before "
+                "versions kept one), so an incremental run could not be judged on sentences it never learnt")
+    return _moved_into_validation(split, production)
+
+
+def _moved_into_validation(split: Split, production: dict[str, Any]) -> str | None:
+    """Why continuing from ``production`` would be scored on sentences it learnt, or None."""
+    trained_on = {normalise_text(text) for text in production.get("train_originals", [])}
     seen = sorted({row.original for row in split.val if normalise_text(row.original) in trained_on})
     if seen:
         return (f"the split moved {_count(len(seen), 'original')} production trained on into validation "

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from intentflow.evaluate import Evaluation
-from intentflow.gate import GateDecision
+from intentflow.gate import GateDecision, overall_accuracy
 from intentflow.onnx_export import onnx_files
 from intentflow.registry import Registry, Version
 from intentflow.report import run_report
@@ -29,9 +29,12 @@ class Publication:
 
 def publish_version(registry_root: str | Path, payload: dict[str, Any], evaluation: Evaluation,
                     decision: GateDecision, notes: str, run: dict[str, Any] | None = None,
-                    onnx: bool = False) -> Publication:
+                    onnx: bool = False, held_out: dict[str, Any] | None = None,
+                    golden: Evaluation | None = None) -> Publication:
     """Every candidate becomes a version (rejected ones marked so); only an accepted one moves production.
 
+    ``evaluation`` is the held-out model's on the validation set, ``golden`` the served model's on the golden set;
+    ``held_out`` the held-out model's payload where the version serves another (kept as ``<version>.heldout.pt``).
     With ``onnx``, the version also holds ``<version>.onnx`` and its ``.onnx.json`` (see ``intentflow.onnx_export``).
     """
     registry = Registry(registry_root)
@@ -41,6 +44,11 @@ def publish_version(registry_root: str | Path, payload: dict[str, Any], evaluati
         "val_accuracy": evaluation.accuracy,
         "macro_f1": evaluation.macro_f1,
         "val_samples": evaluation.samples,
+        # The golden set (config/evaluation), scored with the served model, which never trained on it.
+        "golden": _golden_info(golden),
+        # Whether the served model learnt the validation rows (a refit); the figures above are then its held-out
+        # model's, kept beside it.
+        "keeps_held_out": held_out is not None,
         "outcome_hash": payload.get("outcome_hash"),
         "labels": payload["labels"],
         "best_epoch": metrics.get("best_epoch"),
@@ -54,15 +62,16 @@ def publish_version(registry_root: str | Path, payload: dict[str, Any], evaluati
     }
     with registry.lock():
         name = registry.next_name()
-        report = run_report(name, evaluation, decision.to_dict(), notes)
+        report = run_report(name, evaluation, decision.to_dict(), notes, golden)
         files: dict[str, str | bytes] = {
-            "evaluation.json": json.dumps(evaluation.to_dict(), indent=2) + "\n",
+            "evaluation.json": json.dumps({**evaluation.to_dict(), "golden": golden.to_dict() if golden else None},
+                                          indent=2) + "\n",
             "report.md": report,
             "release_notes.md": notes + "\n",
         }
         if onnx:
             files.update(onnx_files(payload, name))
-        version: Version = registry.add_version(name, payload, info, files)
+        version: Version = registry.add_version(name, payload, info, files, held_out=held_out)
         event = None
         if decision.promote:
             event = registry.promote(version.name, why=decision.reason)
@@ -71,3 +80,10 @@ def publish_version(registry_root: str | Path, payload: dict[str, Any], evaluati
             logger.warning("kept %s as rejected: %s", version.name, decision.reason)
         production = registry.production_name()
     return Publication(version.name, version.checkpoint, decision.promote, production, event, report)
+
+
+def _golden_info(golden: Evaluation | None) -> dict[str, Any] | None:
+    if golden is None:
+        return None
+    return {"accuracy": golden.accuracy, "samples": golden.samples, "oos_recall": golden.oos_recall,
+            "oos_samples": golden.oos_samples, "overall": overall_accuracy(golden)}

@@ -5,6 +5,8 @@ Layout of a registry folder (``artifacts/`` by default)::
     intent_model_v2026-11/            one version, written whole (built in a temp folder, then renamed)
         intent_model_v2026-11.pt      the checkpoint
         intent_model_v2026-11.pt.metrics.json
+        intent_model_v2026-11.heldout.pt  where the served model learnt the validation rows (a refit): the held-out
+                                      model the gate judged, which later gates and incremental runs compare through
         intent_model_v2026-11.onnx    with [publish] onnx = true: the ONNX model, and .onnx.json beside it
         version.json                  gate decision, accuracy, hashes; never changed after writing
         evaluation.json, report.md, release_notes.md
@@ -28,7 +30,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from intentflow.checkpoint import save_checkpoint
+from intentflow.checkpoint import held_out_path, save_checkpoint
 from intentflow.errors import IntentflowError, display_path
 from intentflow.fileio import (
     TEMP_PREFIX,
@@ -58,6 +60,13 @@ class Version:
     @property
     def checkpoint(self) -> Path:
         return self.path / f"{self.name}.pt"
+
+    @property
+    def held_out_checkpoint(self) -> Path:
+        """The checkpoint of the model this version was judged as: its held-out model where it keeps one apart
+        from the model it serves, else the served model itself."""
+        path = held_out_path(self.checkpoint)
+        return path if path.is_file() else self.checkpoint
 
     @property
     def accepted(self) -> bool:
@@ -167,8 +176,10 @@ class Registry:
         return f"{base}-{number}"
 
     def add_version(self, name: str, payload: dict[str, Any], info: dict[str, Any],
-                    files: dict[str, str | bytes]) -> Version:
-        """Write a complete version folder named ``name`` (from ``next_name``) and return it. Call under ``lock()``."""
+                    files: dict[str, str | bytes], held_out: dict[str, Any] | None = None) -> Version:
+        """Write a complete version folder named ``name`` (from ``next_name``) and return it. Call under ``lock()``.
+
+        ``held_out``: the payload of the held-out model the version was judged as, where it is not ``payload``."""
         self.clean_temporary()
         if (self.root / name).exists():
             raise IntentflowError(f"version {name} already exists in {display_path(self.root)}")
@@ -176,6 +187,8 @@ class Registry:
         try:
             temp = make_temp_folder(self.root, f"{TEMP_PREFIX}{name}.")
             save_checkpoint(payload, temp / f"{name}.pt")
+            if held_out is not None:
+                save_checkpoint(held_out, held_out_path(temp / f"{name}.pt"))
             crash_point("checkpoint-written")
             for filename, content in files.items():
                 if isinstance(content, bytes):

@@ -58,29 +58,50 @@ def evaluation_markdown(evaluation: Evaluation) -> str:
 
 
 def release_notes(candidate: dict[str, Any], production: dict[str, Any] | None, production_version: str | None,
-                  mode: str = "full") -> str:
-    """What changed versus production: outcomes, accuracy, data hash, config."""
+                  mode: str = "full", decision: dict[str, Any] | None = None) -> str:
+    """What changed versus production: outcomes, accuracy, data hash, config.
+
+    Accuracies are the held-out model's on sentences it never learnt; the change against production is the gate's
+    comparison of both held-out models on the same sentences, never two figures from different validation sets.
+    """
     accuracy = candidate["metrics"].get("val_accuracy")
     lines = [f"- training mode: {mode}", f"- outcome content hash: `{candidate.get('outcome_hash', '')[:12]}`"]
     if production is None:
         lines += [f"- first version: {len(candidate['labels'])} outcomes ({', '.join(candidate['labels'])})",
-                  f"- validation accuracy: {_pct(accuracy)}"]
-        return "\n".join(lines)
+                  f"- validation accuracy (held-out): {_pct(accuracy)}"]
+        return "\n".join(lines + _golden_notes(decision))
     added = sorted(set(candidate["labels"]) - set(production["labels"]))
     removed = sorted(set(production["labels"]) - set(candidate["labels"]))
-    previous_accuracy = production.get("metrics", {}).get("val_accuracy")
     lines += [
         f"- compared with production {production_version}",
         f"- outcomes added: {', '.join(added) or 'none'}",
         f"- outcomes removed: {', '.join(removed) or 'none'}",
-        f"- validation accuracy: {_pct(accuracy)} (production at its own training: {_pct(previous_accuracy)}, "
-        f"change {_signed(accuracy, previous_accuracy)})",
-        f"- data hash: `{production.get('outcome_hash', '')[:12]}` -> `{candidate.get('outcome_hash', '')[:12]}`"
-        + (" (unchanged)" if production.get("outcome_hash") == candidate.get("outcome_hash") else ""),
+        f"- validation accuracy (held-out): {_pct(accuracy)}",
     ]
+    if decision and decision.get("production_accuracy") is not None:
+        lines.append(f"- on the {decision['compared_samples']} validation sentences neither model learnt: "
+                     f"{_pct(decision['candidate_compared_accuracy'])} against production's "
+                     f"{_pct(decision['production_accuracy'])} "
+                     f"({_signed(decision['candidate_compared_accuracy'], decision['production_accuracy'])})")
+    elif decision:
+        lines.append(f"- not compared with production on the validation set: {decision.get('not_compared')}")
+    lines += _golden_notes(decision)
+    lines.append(f"- data hash: `{production.get('outcome_hash', '')[:12]}` -> "
+                 f"`{candidate.get('outcome_hash', '')[:12]}`"
+                 + (" (unchanged)" if production.get("outcome_hash") == candidate.get("outcome_hash") else ""))
     changes = config_changes(production.get("config", {}), candidate.get("config", {}))
     lines.append("- config changes: " + (", ".join(changes) if changes else "none"))
     return "\n".join(lines)
+
+
+def _golden_notes(decision: dict[str, Any] | None) -> list[str]:
+    if not decision or decision.get("golden_overall") is None:
+        return []
+    line = f"- golden set, overall: {_pct(decision['golden_overall'])}"
+    if decision.get("golden_production_overall") is not None:
+        line += (f" against production's {_pct(decision['golden_production_overall'])} "
+                 f"({_signed(decision['golden_overall'], decision['golden_production_overall'])})")
+    return [line]
 
 
 def config_changes(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
@@ -93,31 +114,44 @@ def config_changes(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
     return changes
 
 
-def run_report(version: str, evaluation: Evaluation, decision: dict[str, Any], notes: str) -> str:
-    """The markdown report of one retrain run: metrics, per-outcome table, confusions, gate, release notes."""
+def run_report(version: str, evaluation: Evaluation, decision: dict[str, Any], notes: str,
+               golden: Evaluation | None = None) -> str:
+    """The markdown report of one retrain run: gate, held-out evaluation, golden set, release notes."""
     verdict = "promoted to production" if decision["promote"] else "rejected"
     production = decision.get("production_accuracy")
-    return "\n".join([
+    compared = (f"{production:.4f} against the candidate's {decision['candidate_compared_accuracy']:.4f} on "
+                f"{decision['compared_samples']} sentences neither model learnt ({decision.get('production_version')}"
+                f"), tolerance {decision['tolerance']:.4f}" if production is not None
+                else f"not compared: {decision.get('not_compared') or 'no production'}")
+    lines = [
         f"# {version}: {verdict}",
         "",
         "## Gate",
         "",
-        f"- candidate validation accuracy: {decision['candidate_accuracy']:.4f}",
+        "Every figure here is measured on sentences the judged model never learnt.",
+        "",
+        f"- candidate validation accuracy (held-out model): {decision['candidate_accuracy']:.4f}",
         f"- threshold: {decision['threshold']:.4f}",
-        "- production re-scored on the candidate's validation set: "
-        + (f"{production:.4f} ({decision.get('production_version')}), tolerance {decision['tolerance']:.4f}"
-           if production is not None else "not compared (no production with the same outcomes)"),
+        f"- production's held-out model on the candidate's validation set: {compared}",
+    ]
+    if decision.get("golden_overall") is not None:
+        versus = (f", production {decision['golden_production_overall']:.4f}"
+                  if decision.get("golden_production_overall") is not None else "")
+        lines.append(f"- golden set (served model): in-scope accuracy {decision['golden_accuracy']:.4f}, overall "
+                     f"{decision['golden_overall']:.4f}{versus}")
+    lines += [
         f"- decision: {decision['reason']}",
         "",
-        "## Evaluation (validation set: held-out originals and their paraphrases)",
+        "## Evaluation (validation set: held-out originals and their paraphrases, never learnt by the held-out model)",
         "",
         evaluation_markdown(evaluation),
         "",
-        "## Release notes",
-        "",
-        notes,
-        "",
-    ])
+    ]
+    if golden is not None:
+        lines += ["## Golden set (labelled real utterances no model trains on; the served model)", "",
+                  evaluation_markdown(golden), ""]
+    lines += ["## Release notes", "", notes, ""]
+    return "\n".join(lines)
 
 
 def _pct(value: float | None) -> str:

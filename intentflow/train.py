@@ -226,12 +226,19 @@ def refit_model(held_out: TrainedModel, split: Split,
     last = result.history[-1]
     result.refit = {"epochs": epochs, "rows": len(rows), "originals": len({row.original for row in rows}),
                     "train_loss": last.train_loss, "train_accuracy": last.train_accuracy}
-    result.history, result.best_epoch = list(held_out.history), held_out.best_epoch
-    result.stopped_early, result.oos_threshold = held_out.stopped_early, held_out.oos_threshold
-    result.folded_scores = held_out.folded_scores
+    take_judged_figures(result, held_out)
     logger.info("refit on all %d rows (%d originals) for %d epochs, the held-out run's best", len(rows),
                 result.refit["originals"], epochs)
     return result
+
+
+def take_judged_figures(served: TrainedModel, judged: TrainedModel) -> None:
+    """Give ``served`` (a model that learnt the validation rows) the figures of ``judged``, the held-out model that
+    was scored on them: its history, best epoch and validation scores, and the out-of-scope threshold calibrated on
+    sentences it never saw. A served model's own validation figures would be on rows it learnt."""
+    served.history, served.best_epoch = list(judged.history), judged.best_epoch
+    served.stopped_early, served.oos_threshold = judged.stopped_early, judged.oos_threshold
+    served.folded_scores = judged.folded_scores
 
 
 def continue_training(

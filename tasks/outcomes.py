@@ -19,3 +19,4 @@ def _io_error(task, task_run, state) -> bool:  # noqa: ANN001 - Prefect's retry_
 def load_outcomes(folder: str) -> OutcomeSet:
     """Read and validate the outcome files; retried only on I/O errors, which may pass."""
     return outcomes.load_outcomes(folder)
+

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from intentflow.checkpoint import held_out_path
 from intentflow.cli import main
 from intentflow.dataset import read_labelled
 from intentflow.errors import ValidationFailed
@@ -116,14 +117,16 @@ def test_train_writes_checkpoint_and_metrics(workspace):
 
 
 def test_evaluate_recorded_validation_set(workspace, capsys):
-    code = main(["evaluate", "--checkpoint", str(workspace.checkpoint)])
+    code = main(["evaluate", "--checkpoint", str(workspace.checkpoint), "--validation"])
 
     out = capsys.readouterr().out
     val = read_jsonl(workspace.data / "val.jsonl")
     assert code == 0
-    # The model was refit on those rows, and evaluate says so.
-    assert out.startswith("data: the validation set recorded in the checkpoint (this model was refit on it, so this "
-                          "is not held-out accuracy; the held-out run scored ")
+    # The model was refit on those rows; the held-out model it was judged as, kept beside it, is scored instead.
+    assert out.startswith("data: the validation set recorded in the checkpoint, scored with the held-out model it "
+                          "was judged as (")
+    metrics = json.loads(workspace.checkpoint.with_name("model.pt.metrics.json").read_text())
+    assert f"accuracy: {metrics['val_accuracy']:.4f}" in out
     assert f"samples: {len(val)}" in out
     for label in TOY:
         assert f"\n{label} " in out
@@ -136,7 +139,8 @@ def test_evaluate_json(workspace, capsys):
     assert code == 0
     assert {"accuracy", "macro_f1", "samples", "per_label", "confused_pairs"} <= set(result)
     val = read_jsonl(workspace.data / "val.jsonl")
-    predicted = Classifier.load(workspace.checkpoint).predict_batch([row["text"] for row in val])
+    # Scored with the held-out model the refit checkpoint was judged as, which never learnt these rows.
+    predicted = Classifier.load(held_out_path(workspace.checkpoint)).predict_batch([row["text"] for row in val])
     expected = sum(p.label == row["label"] for p, row in zip(predicted, val, strict=True)) / len(val)
     assert result["samples"] == len(val)
     assert result["accuracy"] == pytest.approx(expected)

@@ -56,8 +56,10 @@ def test_bundled_outcomes_are_valid(capsys):
 
     out, err = capsys.readouterr()
     assert code == 0
-    assert out.count("\n") == 1
+    assert out.count("\n") == 2
     assert out.startswith("ok: 18 outcomes, ")
+    # The golden set beside them is checked too: every label an outcome or out of scope, no sentence in both.
+    assert "ok: golden set " in out and "none in an outcome file" in out
     assert "error" not in err
 
 
@@ -96,4 +98,4 @@ def test_console_script_validates_the_bundled_outcomes(tmp_path):
 
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("ok: 18 outcomes, ")
-    assert len(result.stdout.splitlines()) == 1
+    assert len(result.stdout.splitlines()) == 2  # the outcomes, then the golden set beside them

@@ -98,14 +98,26 @@ def test_both_reasons_are_given_when_both_fail() -> None:
     assert "below the threshold" in decision.reason and "worse than production" in decision.reason
 
 
-@pytest.mark.parametrize("labels", [LABELS[:2], [*LABELS, "order_food"], ["a", "b", "c"]])
-def test_production_with_other_outcomes_is_not_compared(labels: list[str]) -> None:
+@pytest.mark.parametrize("labels", [LABELS[:2], [*LABELS[:2], "order_food"]])
+def test_production_with_other_outcomes_is_compared_on_the_outcomes_both_know(labels: list[str]) -> None:
     production = Production(correct=10, labels=labels)
+    candidate = Candidate(set(range(5)))  # right on the first five of the seven shared-outcome sentences
+    decision = gate_candidate(0.7, LABELS, TEXTS, TRUTH, GateConfig(threshold=0.6, tolerance=0.01), production,
+                              "intent_model_v2026-10", candidate=candidate)
+    assert decision.compared_samples == 7  # check_weather and play_music; set_alarm's three are left out
+    assert decision.production_accuracy == 1.0
+    assert decision.candidate_compared_accuracy == pytest.approx(5 / 7)
+    assert decision.promote is False
+    assert "on the same 7 validation sentences" in decision.reason
+
+
+def test_production_sharing_no_outcome_is_not_compared_and_says_why() -> None:
+    production = Production(correct=10, labels=["a", "b", "c"])
     decision = decide(0.7, production)
     assert decision.promote is True
     assert decision.production_accuracy is None
     assert production.calls == 0
-    assert "production" not in decision.reason
+    assert decision.not_compared == "production intent_model_v2026-10 shares no outcome with the candidate"
 
 
 def test_label_order_does_not_matter() -> None:
@@ -117,7 +129,9 @@ def test_label_order_does_not_matter() -> None:
 def test_decision_serialises_for_version_json() -> None:
     data = decide(0.9, Production(correct=9)).to_dict()
     assert set(data) == {"promote", "candidate_accuracy", "threshold", "tolerance", "production_accuracy",
-                         "production_version", "reason", "candidate_compared_accuracy", "compared_samples"}
+                         "production_version", "reason", "candidate_compared_accuracy", "compared_samples",
+                         "not_compared", "golden_samples", "golden_accuracy", "golden_oos_recall", "golden_overall",
+                         "golden_production_overall"}
     assert data["production_accuracy"] == pytest.approx(0.9)
 
 
@@ -159,17 +173,27 @@ def test_no_comparison_when_production_trained_on_every_validation_original() ->
     assert decision.promote is True
 
 
-def test_originals_both_trained_on_are_compared_so_forgetting_them_is_caught() -> None:
-    # Production (refit) trained on every validation original; the candidate started from its weights and so
-    # trained on them too. Both are scored on all ten: production keeps them all, the candidate forgot four.
+def test_originals_either_model_learnt_are_left_out_of_the_comparison() -> None:
+    # The candidate learnt originals 0-3 (an incremental run inherits what production's held-out model learnt, or a
+    # sentence moved across the split); production learnt 8 and 9. Only 4-7 are new to both.
     production = Production(correct=10)
-    production.payload = {"train_originals": [f"original {index}" for index in range(10)]}
+    production.payload = {"train_originals": ["original 8", "original 9"]}
     originals = [f"original {index}" for index in range(10)]
     decision = gate_candidate(0.6, LABELS, TEXTS, TRUTH, GateConfig(threshold=0.5, tolerance=0.01), production,
                               "intent_model_v2026-10", candidate=Candidate(set(range(6))), val_originals=originals,
-                              candidate_trained_on=[*originals, "a new original"])
-    assert decision.compared_samples == 10
-    assert decision.production_accuracy == 1.0
-    assert decision.candidate_compared_accuracy == 0.6
-    assert decision.promote is False
-    assert "worse than production intent_model_v2026-10 re-scored on the same 10" in decision.reason
+                              candidate_trained_on=originals[:4])
+    assert decision.compared_samples == 4
+    assert decision.candidate_compared_accuracy == 0.5  # right on 4 and 5, wrong on 6 and 7
+
+
+def test_the_reason_no_comparison_ran_is_the_true_one() -> None:
+    # A refit production published before versions kept their held-out model learnt every validation original.
+    production = Production(correct=10)
+    production.payload = {"train_originals": [f"original {index}" for index in range(10)],
+                          "metrics": {"refit": {"epochs": 3}}}
+    decision = gate_candidate(0.7, LABELS, TEXTS, TRUTH, GateConfig(threshold=0.6), production,
+                              "intent_model_v2026-10", val_originals=[f"original {index}" for index in range(10)])
+    assert decision.production_accuracy is None
+    assert decision.not_compared == ("production intent_model_v2026-10 was refit on them and keeps no held-out model "
+                                     "(it was published before versions kept one): no validation sentence of a "
+                                     "shared outcome is new to both models")

@@ -32,22 +32,24 @@ def retrain_spec(data: dict[str, Any]) -> dict[str, Any]:
 def test_the_real_file_passes() -> None:
     assert PREFECT_YAML == REPO / "prefect.yaml"
     data = load_prefect_yaml()
-    assert [item["name"] for item in data["deployments"]] == [RETRAIN_DEPLOYMENT, "fewshot-nightly"]
+    assert [item["name"] for item in data["deployments"]] == [RETRAIN_DEPLOYMENT, "score-nightly"]
 
 
-def test_the_nightly_benchmark_deployment_loads_its_flow_with_its_parameters(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_nightly_deployment_scores_the_users_own_model(monkeypatch: pytest.MonkeyPatch) -> None:
     from prefect.flows import load_flow_from_entrypoint
 
-    from flows.benchmark import fewshot_benchmark
+    from flows.nightly import nightly_score
 
     monkeypatch.chdir(REPO)
-    spec = deployment_spec("fewshot-nightly")
+    spec = deployment_spec("score-nightly")
     loaded = load_flow_from_entrypoint(spec["entrypoint"])
-    assert loaded.name == fewshot_benchmark.name == "fewshot-benchmark"
+    assert loaded.name == nightly_score.name == "score-production"
     assert set(spec["parameters"]) <= set(loaded.parameters.properties)
     assert [item["cron"] for item in spec["schedules"]] == ["0 2 * * *"]
     assert spec["concurrency_limit"] == 1
-    assert serve_arguments("fewshot-nightly")["schedules"][0].cron == "0 2 * * *"
+    assert serve_arguments("score-nightly")["schedules"][0].cron == "0 2 * * *"
+    # No deployment reads data outside the repository (the CLINC150 benchmark is a developer tool).
+    assert "shared" not in PREFECT_YAML.read_text(encoding="utf-8")
 
 
 def test_entrypoint_loads_the_retrain_flow(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -190,7 +192,7 @@ def test_the_served_deployment_matches_prefect_yaml(monkeypatch: pytest.MonkeyPa
 def test_serve_command_serves_every_deployment_of_prefect_yaml(monkeypatch: pytest.MonkeyPatch) -> None:
     import prefect
 
-    from flows.benchmark import fewshot_benchmark
+    from flows.nightly import nightly_score
     from intentflow.cli import main
 
     monkeypatch.chdir(REPO)
@@ -199,8 +201,8 @@ def test_serve_command_serves_every_deployment_of_prefect_yaml(monkeypatch: pyte
     monkeypatch.setattr(prefect, "serve", lambda *deployments, **kwargs: served.append(deployments))
     assert main(["serve"]) == 0
     [deployments] = served
-    assert [d.name for d in deployments] == [RETRAIN_DEPLOYMENT, "fewshot-nightly"]
-    assert [d.flow_name for d in deployments] == [retrain.name, fewshot_benchmark.name]
+    assert [d.name for d in deployments] == [RETRAIN_DEPLOYMENT, "score-nightly"]
+    assert [d.flow_name for d in deployments] == [retrain.name, nightly_score.name]
     for deployment in deployments:
         spec = deployment_spec(deployment.name)
         assert deployment.entrypoint == spec["entrypoint"]

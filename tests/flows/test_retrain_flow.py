@@ -130,7 +130,8 @@ def test_changed_outcomes_retrain(make_params: Callable[..., RetrainParameters],
                                                "get a burger delivered for dinner", "order noodles for dinner"]}
     (outcomes_folder / "order_food.json").write_text(json.dumps(food), encoding="utf-8")
 
-    state = retrain(make_params(changed_paths=["order_food.json"]), return_state=True)
+    # A tolerance for the tiny set (a sentence of 35 is 2.9 points): a new outcome may take a sentence of an old one.
+    state = retrain(make_params(changed_paths=["order_food.json"], tolerance=0.1), return_state=True)
 
     assert state.is_completed(), state.message
     assert "up to date" not in state.message
@@ -140,8 +141,11 @@ def test_changed_outcomes_retrain(make_params: Callable[..., RetrainParameters],
     assert registry.production_name() == second.name
     assert second.info["outcome_hash"] != first.info["outcome_hash"]
     assert second.info["run"]["changed_paths"] == ["order_food.json"]
-    # Production knows other outcomes, so it is not compared on the candidate's validation set.
-    assert second.info["gate"]["production_accuracy"] is None
+    # Production knows fewer outcomes: both are compared on the validation sentences of the three they share.
+    gate = second.info["gate"]
+    assert gate["production_accuracy"] is not None and gate["not_compared"] is None
+    val = torch.load(second.held_out_checkpoint, weights_only=True)["validation"]
+    assert gate["compared_samples"] == sum(label != "order_food" for label in val["label"])
     notes = (second.path / "release_notes.md").read_text(encoding="utf-8")
     assert f"compared with production {first.name}" in notes
     assert "outcomes added: order_food" in notes
@@ -235,6 +239,12 @@ def test_a_promoted_run_publishes_the_model_refit_on_every_row(make_params: Call
                    plain_payload["state_dict"].items() if name in payload["state_dict"])
     notes = (version.path / "release_notes.md").read_text(encoding="utf-8")
     assert f"then refit on all {record['rows']} rows for {record['epochs']} epochs" in notes
+    # The held-out model the gate judged is kept beside it, and is the plain run's model to the weight.
+    judged = torch.load(version.held_out_checkpoint, weights_only=True)
+    assert version.held_out_checkpoint != version.checkpoint and judged["role"] == "held_out"
+    assert not validation & set(judged["train_originals"])
+    assert all(torch.equal(judged["state_dict"][name], value) for name, value in plain_payload["state_dict"].items())
+    assert plain.held_out_checkpoint == plain.checkpoint
 
 
 def test_a_refit_that_scores_below_the_held_out_model_is_not_published(
@@ -301,7 +311,7 @@ def test_artifacts_hold_the_version_and_accuracy(make_params: Callable[..., Retr
     [report] = read_artifacts(run_id, REPORT_ARTIFACT_KEY)
     assert report.type == "markdown"
     assert report.data.startswith(f"# {newer.name}: promoted to production")
-    assert f"candidate validation accuracy: {accuracy:.4f}" in report.data
+    assert f"candidate validation accuracy (held-out model): {accuracy:.4f}" in report.data
     assert f"{accuracy:.2%}" in report.data
     assert report.data == (newer.path / "report.md").read_text(encoding="utf-8")
 
@@ -404,20 +414,18 @@ def test_predict_and_evaluate_accept_a_registry_folder(registry_copy: Path, caps
     predictions = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [item["label"] for item in predictions] == ["check_weather", "set_alarm"]
 
-    # Without --data, evaluate scores the recorded validation rows: the refit production trained on them, and the
-    # figure is the one the flow checked the refit against.
-    assert main(["evaluate", "--checkpoint", str(registry_copy), "--json"]) == 0
+    # With --validation, evaluate scores the validation rows recorded in the checkpoint with the held-out model
+    # the version was judged as (the refit production learnt them): the version's own held-out figure.
+    assert main(["evaluate", "--checkpoint", str(registry_copy), "--validation", "--json"]) == 0
     evaluation = json.loads(capsys.readouterr().out)
-    refit = registry.production().info["training"]["refit"]
-    assert evaluation["accuracy"] == pytest.approx(refit["val_accuracy_trained_on"])
-    assert "this model was refit on it" in evaluation["data"]
+    assert evaluation["accuracy"] == pytest.approx(registry.production().info["val_accuracy"])
+    assert "scored with the held-out model it was judged as" in evaluation["data"]
 
     # The folder means production: after a rollback it serves the earlier version.
     registry.rollback()
-    assert main(["evaluate", "--checkpoint", str(registry_copy), "--json"]) == 0
+    assert main(["evaluate", "--checkpoint", str(registry_copy), "--validation", "--json"]) == 0
     evaluation = json.loads(capsys.readouterr().out)
-    refit = registry.versions()[0].info["training"]["refit"]
-    assert evaluation["accuracy"] == pytest.approx(refit["val_accuracy_trained_on"])
+    assert evaluation["accuracy"] == pytest.approx(registry.versions()[0].info["val_accuracy"])
 
 
 def test_predict_on_a_registry_without_production_explains(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
