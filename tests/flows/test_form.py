@@ -1,0 +1,62 @@
+"""The custom-run form tells the truth: every setting with the value a run will use, its limits, a description
+without figures; fields the trigger fills are marked; a run's name tells two runs of one day apart."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+from flow_helpers import REPO
+
+from flows.retrain import RetrainParameters, retrain, run_name
+from intentflow.cli import PREPARE_FLAGS, TRAIN_FLAGS, build_parser
+from intentflow.config import flat_settings, load_settings
+
+
+def form() -> dict[str, dict]:
+    schema = retrain.parameters.model_dump()
+    return schema["definitions"]["RetrainParameters"]["properties"]
+
+
+def test_every_setting_shows_the_value_from_training_toml_and_its_limits() -> None:
+    properties = form()
+    settings = load_settings(REPO / "config" / "training.toml")
+    for name, (places, _, _) in flat_settings(settings).items():
+        section, key = places[0]
+        field = properties[name]
+        assert field["default"] == getattr(getattr(settings, section), key), name
+        assert "null" not in json.dumps(field), f"{name} shows as None"
+        assert "config/training.toml" in field["description"], name
+        # No measured figures in descriptions: they go stale (RESULTS.md holds them).
+        assert not re.search(r"\d+(\.\d+)?\s*(%|points|s a run)", field["description"]), field["description"]
+    assert properties["lr"]["exclusiveMinimum"] == 0 and properties["lr"]["maximum"] == 1
+    assert properties["epochs"]["minimum"] == 1
+    assert properties["featurizer"]["enum"] == ["bow", "embeddings"]
+    assert "Filled in by the outcome-change trigger" in properties["changed_paths"]["description"]
+
+
+def test_a_run_takes_the_settings_file_except_where_it_sets_a_field(tmp_path: Path) -> None:
+    config = tmp_path / "training.toml"
+    config.write_text("[train]\nlr = 0.01\n\n[prepare]\ntrain_fraction = 0.8\n", encoding="utf-8")
+    assert RetrainParameters(config=str(config)).settings().train.lr == 0.01
+    chosen = RetrainParameters(config=str(config), lr=0.02, train_fraction=0.5, min_val_per_label=4,
+                               incremental_lr=0.001, seed=7).settings()
+    assert (chosen.train.lr, chosen.prepare.train_fraction, chosen.prepare.min_val_per_label) == (0.02, 0.5, 4)
+    assert chosen.incremental.lr == 0.001
+    assert chosen.prepare.seed == chosen.train.seed == 7
+
+
+def test_every_retrain_flag_reaches_the_flow() -> None:
+    """A flag `intentflow retrain` accepts is a parameter of the flow, never dropped on the way."""
+    retrain_parser = build_parser()._subparsers._group_actions[0].choices["retrain"]
+    destinations = {action.dest for action in retrain_parser._actions}
+    for name in [*PREPARE_FLAGS, *TRAIN_FLAGS, "seed", "device", "threshold"]:
+        assert name in destinations
+        assert name in RetrainParameters.model_fields, f"--{name} would be dropped"
+
+
+def test_run_names_carry_the_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(REPO)
+    assert re.fullmatch(r"retrain-\d{4}-\d{2}-\d{2}-\d{6}-[0-9a-f]{8}", run_name())
