@@ -163,7 +163,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from intentflow.checkpoint import held_out_path, load_checkpoint
     from intentflow.dataset import read_labelled
     from intentflow.errors import display_path
-    from intentflow.evaluate import evaluate_model
+    from intentflow.evaluate import OOS_LABELS, align_labels, evaluate_model
     from intentflow.golden import golden_folder, load_golden
     from intentflow.inference import Classifier, build_model
     from intentflow.registry import resolve_checkpoint
@@ -189,6 +189,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.data is not None:
         texts, labels, _ = read_labelled(args.data)
         source = str(args.data)
+        out_of_scope = [*(oos_labels or OOS_LABELS), classifier.unknown_label]
+        labels, unmatched = align_labels(labels, classifier.labels, out_of_scope)
+        if unmatched and len(unmatched) == len({label for label in labels if label not in out_of_scope}):
+            known = ", ".join(classifier.labels[:10]) + (" ..." if len(classifier.labels) > 10 else "")
+            raise IntentflowError(f"{display_path(args.data)}: no label matches an outcome of the model "
+                                  f"({', '.join(unmatched[:10])}{' ...' if len(unmatched) > 10 else ''}; the model "
+                                  f"knows {known}) (fix: pass the model trained on these outcomes, or data labelled "
+                                  "with its outcome names; --oos-label names out-of-scope labels)")
     elif golden is not None:
         texts, labels = list(golden.texts), list(golden.labels)
         oos_labels = oos_labels or list(golden.oos_labels)
@@ -380,11 +388,22 @@ def cmd_outcomes_import(args: argparse.Namespace) -> int:
     from intentflow.importer import import_outcomes
 
     summary = import_outcomes(args.file, args.out, per_label=args.per_label, seed=args.seed,
-                              text_column=args.text_column, label_column=args.label_column, overwrite=args.overwrite)
+                              text_column=args.text_column, label_column=args.label_column, overwrite=args.overwrite,
+                              on_conflict=args.on_conflict)
     for note in summary.skipped[:20]:
         print(f"skipped {note}", file=sys.stderr)
     if len(summary.skipped) > 20:
         print(f"skipped {len(summary.skipped) - 20} more", file=sys.stderr)
+    if summary.duplicates:
+        print(f"dropped {summary.duplicates} repeated sentence{'s' if summary.duplicates != 1 else ''} (the same "
+              "text under the same label, case and spaces aside)", file=sys.stderr)
+    kept = "kept under the first label only" if args.on_conflict == "first" else "kept under neither"
+    for text, labels in summary.conflicts[:20]:
+        print(f"conflict: '{text}' is under {', '.join(repr(label) for label in labels)}: {kept}", file=sys.stderr)
+    if len(summary.conflicts) > 20:
+        print(f"conflict: {len(summary.conflicts) - 20} more sentences under two labels: {kept}", file=sys.stderr)
+    if summary.conflicts and args.on_conflict == "drop":
+        print("note: pass --on-conflict first to keep each under the first label that has it", file=sys.stderr)
     renamed = {name: label for name, label in summary.labels.items() if name != label}
     for name, label in sorted(renamed.items())[:20]:
         print(f"label {label!r} -> outcome {name}", file=sys.stderr)
@@ -491,6 +510,9 @@ def build_parser() -> argparse.ArgumentParser:
     importer.add_argument("--text-column", default="text")
     importer.add_argument("--label-column", default="label")
     importer.add_argument("--overwrite", action="store_true", help="replace outcome files that exist")
+    importer.add_argument("--on-conflict", choices=["drop", "first"], default="drop",
+                          help="a sentence under two labels: keep it under neither (drop, the default) or under "
+                               "the first label that has it")
     importer.set_defaults(handler=cmd_outcomes_import)
 
     retrain = commands.add_parser("retrain", help="run the Prefect retrain flow once (the main job)")

@@ -45,6 +45,23 @@ class Evaluation:
 OOS_LABELS = ("oos", "out_of_scope")
 
 
+def align_labels(labels: Sequence[str], known: Sequence[str], oos_labels: Sequence[str] = OOS_LABELS
+                 ) -> tuple[list[str], list[str]]:
+    """``labels`` named as the model names its outcomes, and the in-scope labels that match none.
+
+    ``intentflow outcomes import`` turns a label into an outcome name (``AddToPlaylist`` -> ``addtoplaylist``,
+    ``Order Status`` -> ``order_status``); data labelled the first way is scored against outcomes named the second.
+    """
+    from intentflow.importer import outcome_name
+
+    outcomes = set(known)
+    out_of_scope = set(oos_labels)
+    mapped = [label if label in outcomes or label in out_of_scope or outcome_name(label) not in outcomes
+              else outcome_name(label) for label in labels]
+    unmatched = sorted({label for label in mapped if label not in outcomes and label not in out_of_scope})
+    return mapped, unmatched
+
+
 def evaluate_model(classifier: Classifier, texts: Sequence[str], labels: Sequence[str],
                    top_confusions: int = 10, oos_labels: Sequence[str] = OOS_LABELS) -> Evaluation:
     """Scores on the in-scope rows (accuracy counts an unknown answer as wrong) and out-of-scope recall.

@@ -24,6 +24,15 @@ class ImportSummary:
     labels: dict[str, str] = field(default_factory=dict)  # outcome name -> label as it was in the file
     examples: int = 0
     skipped: list[str] = field(default_factory=list)
+    # Rows dropped because their label already had the same sentence (compared as validation compares them:
+    # case and spaces aside).
+    duplicates: int = 0
+    # Sentences found under two or more labels: (text, labels in file order); kept under the first only with
+    # ``on_conflict="first"``.
+    conflicts: list[tuple[str, list[str]]] = field(default_factory=list)
+
+
+CONFLICT_POLICIES = ("drop", "first")
 
 
 def outcome_name(label: str) -> str:
@@ -36,16 +45,24 @@ def outcome_name(label: str) -> str:
 
 
 def import_outcomes(source: str | Path, out_dir: str | Path, per_label: int | None = None, seed: int = 0,
-                    text_column: str = "text", label_column: str = "label", overwrite: bool = False) -> ImportSummary:
-    """Write ``<name>.json`` per label with up to ``per_label`` examples, chosen reproducibly for ``seed``."""
+                    text_column: str = "text", label_column: str = "label", overwrite: bool = False,
+                    on_conflict: str = "drop") -> ImportSummary:
+    """Write ``<name>.json`` per label with up to ``per_label`` examples, chosen reproducibly for ``seed``.
+
+    A sentence repeated under one label (case and spaces aside, as validation compares) is written once, and the
+    repeats counted; a sentence under two labels is reported, and kept under neither (``on_conflict="drop"``) or
+    under the first label that has it (``"first"``).
+    """
+    if on_conflict not in CONFLICT_POLICIES:
+        raise IntentflowError(f"on_conflict {on_conflict!r} is not one of {', '.join(CONFLICT_POLICIES)}")
     source, out_dir = Path(source), Path(out_dir)
     problems: list[Problem] = []
     rows = _read_rows(source, text_column, label_column, problems)
     shown = display_path(source)
     summary = ImportSummary()
-    by_name: dict[str, list[str]] = defaultdict(list)
+    by_name: dict[str, dict[str, str]] = defaultdict(dict)  # outcome -> normalised text -> text as first written
     raw_of: dict[str, str] = {}
-    owner: dict[str, str] = {}
+    owners: dict[str, list[str]] = {}  # normalised text -> outcomes it was found under, in file order
     for number, text, label in rows:
         name = outcome_name(label)
         if not NAME_PATTERN.fullmatch(name or ""):
@@ -61,24 +78,33 @@ def import_outcomes(source: str | Path, out_dir: str | Path, per_label: int | No
             summary.skipped.append(f"line {number}: longer than {MAX_TEXT_CHARS} characters")
             continue
         norm = normalise_text(text)
-        if owner.setdefault(norm, name) != name:
-            summary.skipped.append(f"line {number}: '{text}' is already an example of '{owner[norm]}'")
+        found = owners.setdefault(norm, [])
+        if name not in found:
+            found.append(name)
+        if norm in by_name[name]:
+            summary.duplicates += 1
             continue
-        if text not in by_name[name]:
-            by_name[name].append(text)
+        by_name[name][norm] = text
+    for norm, names in owners.items():
+        if len(names) < 2:
+            continue
+        summary.conflicts.append((by_name[names[0]][norm], [raw_of[name] for name in names]))
+        for name in names[1:] if on_conflict == "first" else names:
+            del by_name[name][norm]
     if problems:
         shown_problems = problems[:MAX_REPORTED]
         if len(problems) > MAX_REPORTED:
             shown_problems.append(Problem(shown, "", f"{len(problems) - MAX_REPORTED} more problems not shown",
                                           "fix the ones above and run again"))
         raise ValidationFailed(shown_problems)
+    by_name = {name: texts for name, texts in by_name.items() if texts}
     targets = {name: out_dir / f"{name}.json" for name in by_name}
     existing = sorted(display_path(path) for path in targets.values() if path.exists())
     if existing and not overwrite:
         raise IntentflowError(f"would overwrite {len(existing)} outcome file(s): {', '.join(existing[:5])}"
                               f"{' ...' if len(existing) > 5 else ''} (fix: pass --overwrite, or another --out)")
     for name in sorted(by_name):
-        texts = sorted(by_name[name])
+        texts = sorted(by_name[name].values())
         random.Random(f"{seed}:{name}").shuffle(texts)
         chosen = texts[: min(per_label or len(texts), MAX_UTTERANCES)]
         definition = {"name": name, "description": f"imported from {source.name}, label '{raw_of[name]}'",

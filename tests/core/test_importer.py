@@ -80,12 +80,49 @@ def test_refuses_to_overwrite_unless_told(tmp_path: Path) -> None:
     assert len(json.loads((tmp_path / "out" / "weather.json").read_text())["examples"]) == 5
 
 
-def test_an_utterance_under_two_labels_is_kept_once_and_reported(tmp_path: Path) -> None:
+def test_a_sentence_under_two_labels_is_reported_and_kept_under_neither_unless_told(tmp_path: Path) -> None:
     rows = [{"text": "Hello there", "label": "greet"}, {"text": "hello  THERE", "label": "smalltalk"},
-            {"text": "how are you", "label": "smalltalk"}]
-    summary = import_outcomes(write_jsonl(tmp_path / "data.jsonl", rows), tmp_path / "out")
-    load_outcomes(tmp_path / "out")  # valid: no conflict left
-    assert any("already an example of 'greet'" in note for note in summary.skipped)
+            {"text": "how are you", "label": "smalltalk"}, {"text": "hi", "label": "greet"}]
+    source = write_jsonl(tmp_path / "data.jsonl", rows)
+    summary = import_outcomes(source, tmp_path / "out")
+    outcomes = load_outcomes(tmp_path / "out")  # valid: no conflict left
+    assert summary.conflicts == [("Hello there", ["greet", "smalltalk"])]
+    assert {outcome.name: outcome.examples for outcome in outcomes.outcomes} == {
+        "greet": ("hi",), "smalltalk": ("how are you",)}
+    told = import_outcomes(source, tmp_path / "first", on_conflict="first")
+    assert told.conflicts == summary.conflicts
+    assert load_outcomes(tmp_path / "first").outcomes[0].examples == ("Hello there", "hi")
+
+
+def test_repeats_differing_in_case_and_spaces_are_dropped_and_counted_so_retrain_accepts_them(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # As HINT3 sofmattress's training file has them: spaced, CamelCase and lower-case labels, repeats of one
+    # sentence that differ only in case and spaces.
+    rows = [{"text": "Where is my order", "label": "Order Status"},
+            {"text": "where is my  order", "label": "Order Status"},
+            {"text": "WHERE IS MY ORDER", "label": "Order Status"},
+            {"text": "track my order please", "label": "Order Status"},
+            {"text": "Do you have EMI options", "label": "EMI"},
+            {"text": "emi available?", "label": "EMI"},
+            {"text": "cash on delivery?", "label": "CashOnDelivery"},
+            {"text": "Is COD available", "label": "CashOnDelivery"}]
+    source = write_jsonl(tmp_path / "train.jsonl", rows)
+    assert main(["outcomes", "import", str(source), "--out", str(tmp_path / "out")]) == 0
+    err = capsys.readouterr().err
+    assert "dropped 2 repeated sentences" in err
+    outcomes = load_outcomes(tmp_path / "out")  # what retrain validates: no "repeats examples[0]"
+    assert outcomes.labels == ["cashondelivery", "emi", "order_status"]
+    assert len(next(o for o in outcomes.outcomes if o.name == "order_status").examples) == 2
+
+
+def test_a_csv_with_an_extra_empty_column_imports(tmp_path: Path) -> None:
+    # HINT3 powerplay11's CSV has a trailing comma on every line: a third, unnamed and empty column.
+    (tmp_path / "train.csv").write_text("sentence,label,\nhow do i join a contest,join_contest,\n"
+                                        "join contest kaise kare,join_contest,\nwithdraw my money,withdrawal_intro,\n",
+                                        encoding="utf-8")
+    summary = import_outcomes(tmp_path / "train.csv", tmp_path / "out", text_column="sentence")
+    assert summary.examples == 3
+    assert load_outcomes(tmp_path / "out").labels == ["join_contest", "withdrawal_intro"]
 
 
 def test_csv_with_named_columns(tmp_path: Path) -> None:
@@ -106,3 +143,35 @@ def test_cli_import_and_bad_file(tmp_path: Path, capsys: pytest.CaptureFixture[s
     error = capsys.readouterr().err
     assert "bad.jsonl: line 2: invalid JSON" in error and "Traceback" not in error
     assert not (tmp_path / "out2").exists()
+
+
+def test_evaluate_scores_data_labelled_as_it_was_imported_and_refuses_data_of_other_labels(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from intentflow.config import PrepareConfig
+    from intentflow.dataset import prepare_data, write_prepared
+    from intentflow.pipeline import train_from_data
+
+    from .helpers import tiny_train_config
+
+    train = [{"text": text, "label": "AddToPlaylist"} for text in
+             ["add this song to my playlist", "put the track on my road trip list", "add tune to playlist"]]
+    train += [{"text": text, "label": "GetWeather"} for text in
+              ["what is the weather in paris", "will it rain in rome", "forecast for london weather"]]
+    import_outcomes(write_jsonl(tmp_path / "train.jsonl", train), tmp_path / "outcomes")
+    prepared = write_prepared(prepare_data(load_outcomes(tmp_path / "outcomes"),
+                                           PrepareConfig(augment_factor=10, min_val_per_label=1, seed=1)),
+                              tmp_path / "data")
+    train_from_data(prepared, tiny_train_config(refit=False), tmp_path / "model.pt")
+    test = write_jsonl(tmp_path / "test.jsonl", [{"text": "add it to my playlist", "label": "AddToPlaylist"},
+                                                 {"text": "weather in paris", "label": "GetWeather"},
+                                                 {"text": "tell me a joke", "label": "oos"}])
+
+    assert main(["evaluate", "--checkpoint", str(tmp_path / "model.pt"), "--data", str(test), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["accuracy"] == 1.0 and result["unknown_labels"] == [] and result["oos_samples"] == 1
+    assert {score["label"] for score in result["per_label"]} == {"addtoplaylist", "getweather"}
+
+    other = write_jsonl(tmp_path / "other.jsonl", [{"text": "book a table", "label": "BookRestaurant"}])
+    assert main(["evaluate", "--checkpoint", str(tmp_path / "model.pt"), "--data", str(other)]) == 1
+    error = capsys.readouterr().err
+    assert f"{other}: no label matches an outcome of the model (BookRestaurant;" in error
