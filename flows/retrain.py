@@ -69,7 +69,7 @@ def _parameter_fields() -> dict[str, Any]:
     except IntentflowError:
         defaults = Settings()  # a broken settings file is reported by the run that reads it, not at import
     for name, (_, annotation, info) in flat_settings(defaults).items():
-        info.description = f"{info.description} ({FROM_FILE})"
+        info.description = f"{info.description}{_limits(info)} ({FROM_FILE})"
         fields[name] = (annotation, info)
     fields.update({
         "force": (bool, Field(False, description="Retrain even when production already matches outcomes and "
@@ -81,6 +81,17 @@ def _parameter_fields() -> dict[str, Any]:
                                            "trigger: the outcome files whose change started this run; leave empty")),
     })
     return fields
+
+
+def _limits(info: Any) -> str:
+    """A field's bounds in words, as the form shows no bounds it does not enforce: "; from 0 to 1"."""
+    bounds = {type(item).__name__: getattr(item, type(item).__name__.lower()) for item in info.metadata
+              if type(item).__name__ in ("Ge", "Gt", "Le", "Lt")}
+    if not bounds:
+        return ""
+    low = (f"from {bounds['Ge']}" if "Ge" in bounds else f"above {bounds['Gt']}" if "Gt" in bounds else "")
+    high = (f"to {bounds['Le']}" if "Le" in bounds else f"below {bounds['Lt']}" if "Lt" in bounds else "")
+    return "; " + " ".join(part for part in (low, high) if part)
 
 
 class _Parameters(BaseModel):

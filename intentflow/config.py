@@ -156,6 +156,8 @@ def flat_settings(settings: Settings) -> dict[str, tuple[list[tuple[str, str]], 
             name = prefix + key
             if name in flat:
                 flat[name][0].append((section, key))
+                shared = flat[name][2]
+                shared.description = f"{shared.description}; {info.description[:1].lower()}{info.description[1:]}"
                 continue
             value = getattr(getattr(settings, section), key)
             flat[name] = ([(section, key)], info.annotation,

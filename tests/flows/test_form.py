@@ -33,6 +33,10 @@ def test_every_setting_shows_the_value_from_training_toml_and_its_limits() -> No
         assert not re.search(r"\d+(\.\d+)?\s*(%|points|s a run)", field["description"]), field["description"]
     assert properties["lr"]["exclusiveMinimum"] == 0 and properties["lr"]["maximum"] == 1
     assert properties["epochs"]["minimum"] == 1
+    # The form enforces bounds without showing them; the description says them.
+    assert "; above 0.0 to 1.0 (" in properties["lr"]["description"]
+    assert "; from 1 to 100000 (" in properties["epochs"]["description"]
+    assert "; from 0.0 below 1.0 (" in properties["dropout"]["description"]
     assert properties["featurizer"]["enum"] == ["bow", "embeddings"]
     assert "Filled in by the outcome-change trigger" in properties["changed_paths"]["description"]
 
