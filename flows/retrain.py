@@ -4,7 +4,7 @@
 # value (cloudpickle), without this module's globals, so a string annotation "RetrainParameters" could not be resolved
 # there and every served run would fail parameter validation. Real annotations are pickled by reference.
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -219,7 +219,7 @@ def _retrain(params: RetrainParameters, logger: Any) -> State:
                        settings.prepare.seed, frozenset(outcome_set.teach_hints))
     for label in split.leaky_labels:
         logger.warning("%s has a single original: its validation rows paraphrase training rows", label)
-    split = split.for_featurizer(settings.train.featurizer)
+    split = replace(split.for_featurizer(settings.train.featurizer), out_of_scope=outcome_set.out_of_scope)
 
     production = _load_production(registry, logger)
     # Modes are chosen, and incremental runs continue, from the model production was judged as.

@@ -66,7 +66,7 @@ def build_payload(trained: TrainedModel, *, outcome_hash: str, prepare: dict[str
         "metrics": trained.metrics,
         # Predictions less confident than this are the unknown label (threshold None: never).
         "oos": {"threshold": trained.oos_threshold, "label": config.unknown_label,
-                "setting": config.oos_threshold},
+                "setting": config.oos_threshold, "outcomes": list(trained.out_of_scope)},
         "history": [stats.to_dict() for stats in trained.history],
         "outcome_hash": outcome_hash,
         "validation": {"text": list(val_texts), "label": list(val_labels),

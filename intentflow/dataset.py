@@ -43,6 +43,7 @@ def build_manifest(outcomes: OutcomeSet, config: PrepareConfig, augmented: Augme
         },
         "shortfalls": augmented.shortfalls,
         "leaky_labels": list(split.leaky_labels),
+        "out_of_scope": list(outcomes.out_of_scope),
     }
 
 

@@ -70,13 +70,15 @@ def evaluate_model(classifier: Classifier, texts: Sequence[str], labels: Sequenc
     """
     threshold = getattr(classifier, "oos_threshold", None)
     unknown = getattr(classifier, "unknown_label", "unknown")
-    if threshold is None:
+    refused = list(getattr(classifier, "out_of_scope", []) or [])
+    if threshold is None and not refused:
         decided = top = [prediction.label for prediction in classifier.predict_batch(texts)]
     else:  # one pass of the network: the top outcome, and the decision the threshold makes of it
         pairs = classifier.top(texts)
         top = [classifier.labels[column] for column, _ in pairs]
         decided = [classifier.decide(column, value).label for column, value in pairs]
-    out_of_scope = {unknown, *oos_labels}
+    # Rows of an outcome marked out of scope are things to refuse, like rows labelled oos.
+    out_of_scope = {unknown, *oos_labels, *refused}
     inside = [position for position, label in enumerate(labels) if label not in out_of_scope]
     outside = [position for position, label in enumerate(labels) if label in out_of_scope]
     expected = [labels[position] for position in inside]

@@ -84,6 +84,8 @@ class Classifier:
         oos = self.payload.get("oos") or {}
         self.oos_threshold: float | None = oos.get("threshold")
         self.unknown_label: str = oos.get("label", "unknown")
+        # Outcomes whose examples are things to refuse: predicting one answers the unknown label.
+        self.out_of_scope: list[str] = [label for label in oos.get("outcomes") or [] if label in labels]
         self._arrays: list[tuple[np.ndarray, np.ndarray]] | None = None
 
     @classmethod
@@ -92,6 +94,7 @@ class Classifier:
         classifier = cls(trained.model, trained.vocab, trained.labels, encoder=trained.encoder)
         classifier.oos_threshold = trained.oos_threshold
         classifier.unknown_label = trained.config.unknown_label
+        classifier.out_of_scope = list(trained.out_of_scope)
         return classifier
 
     @classmethod
@@ -150,9 +153,13 @@ class Classifier:
         """Label and confidence per text; ``apply_oos=False`` gives the top label even below the threshold."""
         confidence, index = self.probabilities(texts).max(dim=1)
         names = self.labels
-        if apply_oos and self.oos_threshold is not None:
+        if apply_oos and (self.oos_threshold is not None or self.out_of_scope):
             # In float64, as ``decide`` compares: a float32 confidence converts exactly.
-            index = torch.where(confidence.double() < self.oos_threshold, len(names), index)
+            refuse = torch.zeros_like(index, dtype=torch.bool) if self.oos_threshold is None \
+                else confidence.double() < self.oos_threshold
+            if self.out_of_scope:
+                refuse |= torch.isin(index, torch.tensor([names.index(label) for label in self.out_of_scope]))
+            index = torch.where(refuse, len(names), index)
             names = [*names, self.unknown_label]
         # tuple.__new__ builds the named tuples in C: one Python call per sentence was a sixth of a batch's time.
         return list(map(tuple.__new__, repeat(Prediction), zip(map(names.__getitem__, index.tolist()),
@@ -160,7 +167,8 @@ class Classifier:
 
     def decide(self, index: int, confidence: float) -> Prediction:
         """The prediction for top label ``index`` at ``confidence``: unknown below the out-of-scope threshold."""
-        if self.oos_threshold is not None and confidence < self.oos_threshold:
+        if (self.oos_threshold is not None and confidence < self.oos_threshold) \
+                or self.labels[index] in self.out_of_scope:
             return Prediction(self.unknown_label, confidence)
         return Prediction(self.labels[index], confidence)
 

@@ -211,7 +211,9 @@ class OnnxClassifier:
         confidence = probabilities[np.arange(len(best)), best]
         oos = self.metadata.get("oos") or {}
         threshold, unknown = oos.get("threshold"), oos.get("label", "unknown")
-        return [Prediction(unknown if threshold is not None and c < threshold else self.labels[i], c)
+        refused = set(oos.get("outcomes") or [])  # outcomes marked out of scope answer unknown too
+        return [Prediction(unknown if (threshold is not None and c < threshold) or self.labels[i] in refused
+                           else self.labels[i], c)
                 for i, c in zip(best.tolist(), confidence.tolist(), strict=True)]
 
     def predict(self, text: str) -> Prediction:

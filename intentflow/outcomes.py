@@ -8,7 +8,7 @@ import json
 import os
 import re
 import stat
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +16,7 @@ from intentflow.errors import IntentflowError, Problem, ValidationFailed, displa
 from intentflow.jsonfiles import JsonProblem, parse_json
 
 NAME_PATTERN = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
-ALLOWED_KEYS = ("name", "description", "examples", "synonyms", "teach_hints")
+ALLOWED_KEYS = ("name", "description", "examples", "synonyms", "teach_hints", "out_of_scope")
 REQUIRED_KEYS = ("name", "examples")
 # Limits keep a runaway file from exhausting memory in augmentation; real outcomes are far smaller.
 MAX_FILE_BYTES = 2_000_000
@@ -36,6 +36,8 @@ class Outcome:
     synonyms: dict[str, tuple[str, ...]] = field(default_factory=dict)
     teach_hints: tuple[str, ...] = ()
     source: Path | None = field(default=None, compare=False)
+    # Its utterances are what the assistant must refuse: a prediction of it is answered with the unknown label.
+    out_of_scope: bool = False
 
     @property
     def originals(self) -> tuple[str, ...]:
@@ -51,6 +53,8 @@ class Outcome:
             data["synonyms"] = {phrase: list(alts) for phrase, alts in self.synonyms.items()}
         if self.teach_hints:
             data["teach_hints"] = list(self.teach_hints)
+        if self.out_of_scope:
+            data["out_of_scope"] = True
         return data
 
 
@@ -70,6 +74,11 @@ class OutcomeSet:
     @property
     def labels(self) -> list[str]:
         return [outcome.name for outcome in self.outcomes]
+
+    @property
+    def out_of_scope(self) -> tuple[str, ...]:
+        """The outcomes marked ``"out_of_scope": true``: their examples are things to refuse."""
+        return tuple(outcome.name for outcome in self.outcomes if outcome.out_of_scope)
 
     @property
     def content_hash(self) -> str:
@@ -183,6 +192,12 @@ def parse_outcome(data: Any, shown: str, stem: str | None = None) -> tuple[Outco
                                 "write the description as one string, or remove it"))
         description = ""
 
+    out_of_scope = data.get("out_of_scope", False)
+    if not isinstance(out_of_scope, bool):
+        problems.append(Problem(shown, "out_of_scope", f"expected true or false, found {_type_name(out_of_scope)}",
+                                "write true (its examples are things to refuse) or remove the key"))
+        out_of_scope = False
+
     examples = _string_list(data, "examples", shown, problems, required=True)
     teach_hints = _string_list(data, "teach_hints", shown, problems, required=False)
     synonyms = _synonyms(data.get("synonyms", {}), shown, problems)
@@ -208,7 +223,7 @@ def parse_outcome(data: Any, shown: str, stem: str | None = None) -> tuple[Outco
         return None, problems, warnings
     return (
         Outcome(name=name, examples=tuple(examples), description=description, synonyms=synonyms,
-                teach_hints=tuple(teach_hints)),
+                teach_hints=tuple(teach_hints), out_of_scope=out_of_scope),
         problems,
         warnings,
     )
@@ -266,8 +281,7 @@ def _load_file(path: Path, folder: Path, problems: list[Problem], warnings: list
     warnings.extend(file_warnings)
     if outcome is None:
         return None
-    return Outcome(name=outcome.name, examples=outcome.examples, description=outcome.description,
-                   synonyms=outcome.synonyms, teach_hints=outcome.teach_hints, source=path)
+    return replace(outcome, source=path)
 
 
 def _read_bounded(path: Path, shown: str, problems: list[Problem]) -> bytes | None:

@@ -21,7 +21,8 @@ def train_from_data(data_dir: str | Path, config: TrainConfig, checkpoint: str |
     """Train on the prepared split; with ``config.refit``, serve the model refit on every row by the flow's rule
     (``intentflow.refit.refit_or_keep``), keeping the held-out model beside it (``held_out_path``)."""
     data = read_prepared(data_dir)
-    split = Split(data.train, data.val).for_featurizer(config.featurizer)
+    split = Split(data.train, data.val, out_of_scope=tuple(data.manifest.get("out_of_scope") or ())
+                  ).for_featurizer(config.featurizer)
     held_out = train_split(split, config, on_epoch=on_epoch)
     served = ServedModel(held_out, [row.original for row in split.train])
     if config.refit and split.val:

@@ -23,6 +23,8 @@ class Split:
     # of training sentences, so their validation accuracy is optimistic.
     leaky_labels: tuple[str, ...] = ()
     per_label: dict[str, dict[str, int]] = field(default_factory=dict)
+    # Outcomes whose examples are things to refuse (``"out_of_scope": true``); see ``intentflow.outcomes``.
+    out_of_scope: tuple[str, ...] = ()
 
     def for_featurizer(self, featurizer: str) -> Split:
         """The rows a model with this featurizer trains and validates on (see ``rows_for_featurizer``)."""

@@ -82,6 +82,8 @@ class TrainedModel:
     # Set where ``embedding_heads`` networks were merged into ``model``: the epochs each was trained for (its best,
     # in a held-out run), the first network's being ``best_epoch``.
     head_epochs: list[int] | None = None
+    # Labels of outcomes whose examples are things to refuse: predicting one answers the unknown label.
+    out_of_scope: list[str] = field(default_factory=list)
 
     def inputs(self, texts: Sequence[str]) -> list[torch.Tensor]:
         """The network's input tensors for ``texts``: index bags and weights, or sentence vectors."""
@@ -128,6 +130,7 @@ def train_model(
     val_is_original: Sequence[bool] | None = None,
     pair_texts: Sequence[str] | None = None,
     train_is_original: Sequence[bool] | None = None,
+    out_of_scope: Sequence[str] = (),
 ) -> TrainedModel:
     """Train an ``IntentMLP`` and return it with the weights of its best validation epoch.
 
@@ -141,6 +144,9 @@ def train_model(
 
     ``train_is_original`` marks the training rows written by people: the linear model folded into a bag-of-words
     network (``linear_share``) learns from those alone. None: all rows.
+
+    ``out_of_scope``: labels of outcomes whose examples are things to refuse; the model learns them as outcomes,
+    answers them with the unknown label, and the out-of-scope threshold is calibrated with their validation rows.
     """
     if not train_texts:
         raise IntentflowError("the training set is empty (fix: prepare data from at least one outcome)")
@@ -150,6 +156,7 @@ def train_model(
         raise IntentflowError(f"an outcome is named {config.unknown_label!r}, the label of out-of-scope predictions "
                               "(fix: rename the outcome, or set [train] unknown_label to another name)")
     result = _new_model(train_texts, train_labels, labels, config, pair_texts)
+    result.out_of_scope = [label for label in labels if label in set(out_of_scope)]
     heads = config.embedding_heads if result.encoder is not None else 1
     _fit(result, train_texts, train_labels, val_texts, val_labels, epochs=config.epochs, lr=config.lr,
          on_epoch=on_epoch, val_is_original=val_is_original, calibrate=heads == 1,
@@ -196,7 +203,7 @@ def train_split(split: Split, config: TrainConfig,
                        [row.text for row in split.val], [row.label for row in split.val], config,
                        on_epoch=on_epoch, val_is_original=[not row.synthetic for row in split.val],
                        pair_texts=[row.text for row in split.train if not row.synthetic],
-                       train_is_original=[not row.synthetic for row in split.train])
+                       train_is_original=[not row.synthetic for row in split.train], out_of_scope=split.out_of_scope)
 
 
 def refit_model(held_out: TrainedModel, split: Split,
@@ -239,6 +246,7 @@ def take_judged_figures(served: TrainedModel, judged: TrainedModel) -> None:
     served.history, served.best_epoch = list(judged.history), judged.best_epoch
     served.stopped_early, served.oos_threshold = judged.stopped_early, judged.oos_threshold
     served.folded_scores = judged.folded_scores
+    served.out_of_scope = list(judged.out_of_scope)
 
 
 def continue_training(
@@ -309,7 +317,8 @@ def continue_training(
     logger.info("continuing from production: %d new rows, %d replayed, %d new features (vocabulary %d -> %d)",
                 len(new_train), len(replay_train), len(added), old_rows.shape[0], len(vocab))
     result = TrainedModel(model=model, vocab=vocab, labels=labels, config=config, device=str(device),
-                          linear=dict(linear) if linear else None)
+                          linear=dict(linear) if linear else None,
+                          out_of_scope=list((production.get("oos") or {}).get("outcomes") or []))
     texts, targets = [row.text for row in rows], [row.label for row in rows]
     val_texts, val_labels = [row.text for row in val], [row.label for row in val]
     val_is_original = [not row.synthetic for row in val]
@@ -368,6 +377,25 @@ def calibrate_oos(probabilities: torch.Tensor, targets: torch.Tensor, share: flo
     chance = 1.0 / probabilities.shape[1]
     quantile = float(torch.quantile(correct.double(), share))
     return math.floor((chance + scale * (quantile - chance)) * 10_000) / 10_000
+
+
+def calibrate_with_refusals(probabilities: torch.Tensor, targets: torch.Tensor, refuse: Sequence[int]) -> float:
+    """The threshold that answers the most validation rows right: a row of an out-of-scope outcome (``refuse``) is
+    right when it is refused (predicted as one of them, or below the threshold), any other when its outcome is
+    predicted at or above the threshold. Ties go to the lowest threshold, the one that refuses least. In steps of
+    1e-4, as ``calibrate_oos`` rounds."""
+    confidence, predicted = probabilities.double().max(dim=1)
+    to_refuse = torch.isin(targets, torch.tensor(list(refuse)))
+    refused_anyway = torch.isin(predicted, torch.tensor(list(refuse)))
+    best, best_right = 0.0, -1
+    # Candidates in steps of 1e-4 just above each confidence, so that each refuses that row and all below it.
+    for step in [0, *sorted({math.floor(value * 10_000) + 1 for value in confidence.tolist()})]:
+        threshold = step / 10_000
+        below = confidence < threshold
+        right = int((to_refuse & (refused_anyway | below)).sum() + (~to_refuse & ~below & (predicted == targets)).sum())
+        if right > best_right:
+            best, best_right = threshold, right
+    return best
 
 
 def _check_val_labels(val_labels: Sequence[str], labels: list[str]) -> None:
@@ -785,6 +813,12 @@ def _oos_threshold(result: TrainedModel, val_x: list[torch.Tensor] | None, val_y
         return None
     with torch.no_grad():
         probabilities = torch.softmax(result.model(*val_x).float(), dim=1)
+    refuse = [result.labels.index(label) for label in result.out_of_scope]
+    if refuse and bool(torch.isin(val_y.cpu(), torch.tensor(refuse)).any()):
+        threshold = calibrate_with_refusals(probabilities.cpu(), val_y.cpu(), refuse)
+        logger.info("out-of-scope threshold %s, chosen on %d validation rows with those of %s as rows to refuse",
+                    threshold, len(val_y), ", ".join(result.out_of_scope))
+        return threshold
     threshold = calibrate_oos(probabilities.cpu(), val_y.cpu())
     logger.info("out-of-scope threshold %s, calibrated on %d validation rows", threshold, len(val_y))
     return threshold
