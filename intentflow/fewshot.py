@@ -47,14 +47,23 @@ class FewshotRun:
     oos_threshold: float | None
     seconds: float  # import + retrain + evaluate, wall clock
     train_seconds: float  # the retrain command alone (Prefect's start-up included)
+    samples: int = 0  # in-scope rows scored
+    oos_samples: int = 0  # out-of-scope rows scored
+
+    @property
+    def overall(self) -> float:
+        """In-scope rows answered right and out-of-scope rows refused, over all rows (HINT3's measure)."""
+        rows = self.samples + self.oos_samples
+        return (self.accuracy * self.samples + (self.oos_recall or 0.0) * self.oos_samples) / rows if rows else 0.0
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
 
 
-def run_fewshot(data: str | Path, featurizer: str, seed: int, shots: int = SHOTS,
+def run_fewshot(data: str | Path, featurizer: str, seed: int, shots: int | None = SHOTS,
                 extra_args: Sequence[str] = (), scored_on: str = "test") -> FewshotRun:
-    """One run of the protocol in a temporary folder; ``extra_args`` go to ``intentflow retrain``.
+    """One run of the protocol in a temporary folder; ``extra_args`` go to ``intentflow retrain``; ``shots``
+    None takes every training row.
 
     ``scored_on``: ``test`` (test.jsonl and oos_test.jsonl), or ``val`` (val.jsonl and oos_val.jsonl where it
     exists), the set to tune choices on.
@@ -67,8 +76,9 @@ def run_fewshot(data: str | Path, featurizer: str, seed: int, shots: int = SHOTS
     with tempfile.TemporaryDirectory(prefix="intentflow-fewshot-") as temp:
         work = Path(temp)
         started = time.perf_counter()
-        _intentflow("outcomes", "import", str(data / "train.jsonl"), "--out", str(work / "outcomes"),
-                    "--per-label", str(shots), "--seed", str(seed))
+        per_label = ["--per-label", str(shots)] if shots is not None else []
+        _intentflow("outcomes", "import", str(data / "train.jsonl"), "--out", str(work / "outcomes"), *per_label,
+                    "--seed", str(seed))
         train_started = time.perf_counter()
         _intentflow("retrain", "--outcomes", str(work / "outcomes"), "--registry", str(work / "registry"),
                     "--featurizer", featurizer, "--threshold", "0", *extra_args)
@@ -81,8 +91,9 @@ def run_fewshot(data: str | Path, featurizer: str, seed: int, shots: int = SHOTS
         report = json.loads(_intentflow("evaluate", "--checkpoint", str(work / "registry"), "--data", str(scored),
                                         "--json"))
         seconds = time.perf_counter() - started
-    return FewshotRun(featurizer, seed, shots, report["accuracy"], report["accuracy_without_oos"],
-                      report["oos_recall"], report["oos_threshold"], round(seconds, 1), round(train_seconds, 1))
+    return FewshotRun(featurizer, seed, shots or 0, report["accuracy"], report["accuracy_without_oos"],
+                      report["oos_recall"], report["oos_threshold"], round(seconds, 1), round(train_seconds, 1),
+                      report["samples"], report["oos_samples"])
 
 
 def _intentflow(*args: str) -> str:
