@@ -10,7 +10,7 @@ export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 120
 PREFECT_PORT ?= 4200
 API_URL := http://127.0.0.1:$(PREFECT_PORT)/api
 
-.PHONY: setup run test lint server deploy worker serve watch versions rollback clean
+.PHONY: setup run test test-fast lint server deploy worker serve watch versions rollback clean
 
 $(BIN)/intentflow: pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -28,6 +28,10 @@ run: setup
 ## Lint and the whole test suite.
 test: setup lint
 	$(BIN)/python -m pytest
+
+## The suite without the tests marked slow (servers, kills, the main job): for a quick check while working.
+test-fast: setup lint
+	$(BIN)/python -m pytest -m "not slow" -q
 
 lint: setup
 	$(BIN)/ruff check .

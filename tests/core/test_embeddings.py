@@ -39,15 +39,15 @@ def embedding_config(**changes):
 
 @pytest.fixture(scope="module")
 def embedded(tmp_path_factory: pytest.TempPathFactory):
-    """A fine-tuned embeddings model of the toy outcomes, saved and loaded back."""
-    import os
-
-    os.environ["INTENTFLOW_CACHE_DIR"] = str(tmp_path_factory.mktemp("cache"))
-    texts, labels = toy_texts()
-    trained = train_model(texts, labels, texts, labels, embedding_config())
-    payload = build_payload(trained, outcome_hash="toy", prepare={}, val_texts=texts, val_labels=labels)
-    path = save_checkpoint(payload, tmp_path_factory.mktemp("checkpoint") / "model.pt")
-    return trained, path
+    """A fine-tuned embeddings model of the toy outcomes, saved and loaded back; the vector cache is this module's
+    own, and the variable naming it is restored after the module."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("INTENTFLOW_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
+        texts, labels = toy_texts()
+        trained = train_model(texts, labels, texts, labels, embedding_config())
+        payload = build_payload(trained, outcome_hash="toy", prepare={}, val_texts=texts, val_labels=labels)
+        path = save_checkpoint(payload, tmp_path_factory.mktemp("checkpoint") / "model.pt")
+        yield trained, path
 
 
 def test_embeddings_generalise_to_wordings_the_examples_never_used(embedded):

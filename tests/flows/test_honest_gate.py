@@ -98,9 +98,14 @@ def test_a_teach_run_after_a_refit_reports_held_out_accuracy_and_runs_the_regres
     assert not validation & originals(production_judged)
     notes = (version.path / "release_notes.md").read_text(encoding="utf-8")
     assert "validation sentences neither model learnt" in notes
-    if state.is_completed():
+    if training["mode"] == "incremental":
+        # Production serves a refit: its served model was continued on the taught sentence too, and is served;
+        # the held-out model continued from production's held-out one is what was judged, kept beside it.
+        assert training["refit"]["mode"] == "incremental" and training["refit"]["published"] is True
+        assert version.held_out_checkpoint != version.checkpoint
         served = torch.load(version.checkpoint, weights_only=True)
-        assert normalise_text(taught) in originals(served)
+        assert normalise_text(taught) in originals(served) and validation <= originals(served)
+        assert normalise_text(taught) in originals(judged)
 
 
 def test_after_a_refit_a_clearly_worse_candidate_is_rejected_by_the_regression_check(
