@@ -101,6 +101,7 @@ def test_a_teach_run_after_a_refit_reports_held_out_accuracy_and_runs_the_regres
     if training["mode"] == "incremental":
         # Production serves a refit: its served model was continued on the taught sentence too, and is served;
         # the held-out model continued from production's held-out one is what was judged, kept beside it.
+        assert state.is_completed(), state.message
         assert training["refit"]["mode"] == "incremental" and training["refit"]["published"] is True
         assert version.held_out_checkpoint != version.checkpoint
         served = torch.load(version.checkpoint, weights_only=True)
