@@ -4,7 +4,7 @@
 # value (cloudpickle), without this module's globals, so a string annotation "RetrainParameters" could not be resolved
 # there and every served run would fail parameter validation. Real annotations are pickled by reference.
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -216,10 +216,10 @@ def _retrain(params: RetrainParameters, logger: Any) -> State:
     for label, made in augmented.shortfalls.items():
         logger.warning("%s: %d unique synthetic sentences of %d asked", label, made, augmented.requested)
     split = whole(split_rows)(augmented, settings.prepare.train_fraction, settings.prepare.min_val_per_label,
-                       settings.prepare.seed, frozenset(outcome_set.teach_hints))
+                              settings.prepare.seed, frozenset(outcome_set.teach_hints), outcome_set.out_of_scope)
     for label in split.leaky_labels:
         logger.warning("%s has a single original: its validation rows paraphrase training rows", label)
-    split = replace(split.for_featurizer(settings.train.featurizer), out_of_scope=outcome_set.out_of_scope)
+    split = split.for_featurizer(settings.train.featurizer)
 
     production = _load_production(registry, logger)
     # Modes are chosen, and incremental runs continue, from the model production was judged as.

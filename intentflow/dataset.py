@@ -51,7 +51,7 @@ def prepare_data(outcomes: OutcomeSet, config: PrepareConfig) -> PreparedData:
     """Augment and split in memory; ``write_prepared`` puts the result on disk."""
     augmented = augment_outcomes(outcomes, config.augment_factor, config.seed)
     split = split_rows(augmented.rows, config.train_fraction, config.min_val_per_label, config.seed,
-                       outcomes.teach_hints)
+                       outcomes.teach_hints, outcomes.out_of_scope)
     return PreparedData(split.train, split.val, build_manifest(outcomes, config, augmented, split))
 
 

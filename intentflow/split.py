@@ -47,7 +47,7 @@ def rows_for_featurizer(rows: tuple[Row, ...] | list[Row], featurizer: str) -> t
 
 
 def split_rows(rows: tuple[Row, ...] | list[Row], train_fraction: float, min_val_per_label: int,
-               seed: int, keep_in_training: Collection[str] = ()) -> Split:
+               seed: int, keep_in_training: Collection[str] = (), out_of_scope: Collection[str] = ()) -> Split:
     """Assign whole groups (an original and its paraphrases) to train or validation, per label.
 
     Originals in ``keep_in_training`` (the outcomes' teach hints) always train: a correction a user taught is a
@@ -81,7 +81,8 @@ def split_rows(rows: tuple[Row, ...] | list[Row], train_fraction: float, min_val
             "train_originals": sum(not row.synthetic for row in label_train),
             "val_originals": sum(not row.synthetic for row in label_val),
         }
-    return Split(train=tuple(train), val=tuple(val), leaky_labels=tuple(leaky), per_label=per_label)
+    return Split(train=tuple(train), val=tuple(val), leaky_labels=tuple(leaky), per_label=per_label,
+                 out_of_scope=tuple(out_of_scope))
 
 
 def _split_groups(groups: dict[str, list[Row]], target: int, min_val: int, seed: int,

@@ -466,7 +466,7 @@ def test_published_model_answers_unknown_below_its_threshold(make_params: Callab
     payload = torch.load(version.checkpoint, weights_only=True)
     threshold = payload["oos"]["threshold"]
 
-    assert payload["oos"] == {"threshold": 0.6, "label": "no_match", "setting": 0.6}
+    assert payload["oos"] == {"threshold": 0.6, "label": "no_match", "setting": 0.6, "outcomes": []}
     assert f"out-of-scope threshold: {threshold:.4f}" in (version.path / "report.md").read_text(encoding="utf-8")
     assert main(["predict", "--checkpoint", params.registry, "--json", "zzz qqq", "will it rain tomorrow"]) == 0
     answers = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
