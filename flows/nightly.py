@@ -6,6 +6,7 @@ too (read back from the artifact's latest version), so one artifact key shows th
 
 # No `from __future__ import annotations`: see flows/retrain.py (served flows are pickled by value).
 import json
+from datetime import UTC, datetime
 from typing import Any
 
 from prefect import flow, get_run_logger
@@ -18,7 +19,12 @@ NIGHTLY_ARTIFACT_KEY = "intent-model-nightly"
 TREND_ROWS = 90
 
 
-@flow(name="score-production", persist_result=False)
+def run_name() -> str:
+    """``score-2026-12-06-020000``: when the run started (UTC)."""
+    return f"score-{datetime.now(UTC):%Y-%m-%d-%H%M%S}"
+
+
+@flow(name="score-production", flow_run_name=run_name, persist_result=False)
 def nightly_score(registry: str = "artifacts", evaluation: str = "config/evaluation") -> dict[str, Any]:
     """Score production on the golden set and its held-out split; add the night's row to the trend table."""
     logger = get_run_logger()
