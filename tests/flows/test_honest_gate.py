@@ -206,3 +206,31 @@ def _model(payload: dict[str, Any]) -> tuple[Any, ...]:
     from intentflow.inference import build_model
 
     return build_model(payload)
+
+
+def test_the_nightly_check_scores_production_where_it_learnt_nothing(copied: dict[str, Any],
+                                                                      tmp_path: Path) -> None:
+    from flows.nightly import NIGHTLY_ARTIFACT_KEY, nightly_score
+    from intentflow.score import score_production
+
+    registry = copied["registry"]
+    version = registry.production()
+    assert score_production(tmp_path / "empty", tmp_path / "none").note.startswith("no production version")
+    without = score_production(registry.root, tmp_path / "none")
+    # The held-out model on the validation sentences it never learnt: the version's own figure, night after night.
+    assert without.version == version.name
+    assert without.held_out_accuracy == pytest.approx(version.info["val_accuracy"])
+    assert without.golden_accuracy is None and without.note.startswith("no golden set")
+    scored = score_production(registry.root, REPO / "config" / "evaluation")
+    served = Classifier.load(version.checkpoint)
+    rows = [json.loads(line) for line in (REPO / "config/evaluation/bundled.jsonl").read_text().splitlines()]
+    expected = evaluate_model(served, [row["text"] for row in rows], [row["label"] for row in rows])
+    assert scored.golden_accuracy == pytest.approx(expected.accuracy) and scored.golden_samples == len(rows)
+    # Two nights, one artifact key: the table holds both rows, newest first.
+    first = nightly_score(str(registry.root), str(REPO / "config" / "evaluation"))
+    second = nightly_score(str(registry.root), str(REPO / "config" / "evaluation"))
+    from prefect.artifacts import Artifact
+
+    table = Artifact.get(NIGHTLY_ARTIFACT_KEY).data
+    rows = json.loads(table) if isinstance(table, str) else table
+    assert [row["time"] for row in rows[:2]] == [second["time"], first["time"]]
