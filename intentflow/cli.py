@@ -17,13 +17,6 @@ from intentflow.errors import IntentflowError
 DEFAULT_OUTCOMES = "config/outcomes"
 DEFAULT_REGISTRY = "artifacts"
 
-PREPARE_FLAGS = {
-    "augment_factor": (int, "synthetic sentences per outcome (playbook: 500)"),
-    "train_fraction": (float, "share of originals kept for training (playbook: 0.90)"),
-    "min_val_per_label": (int, "validation rows per outcome, at least (playbook: 10)"),
-}
-
-
 def _layer_list(text: str) -> list[int]:
     if text.strip().lower() in ("", "none"):
         return []
@@ -34,52 +27,62 @@ def _layer_list(text: str) -> list[int]:
                                          "2,4, or none") from None
 
 
-TRAIN_FLAGS = {
-    "epochs": (int, "most epochs; early stopping usually ends sooner (playbook: 1000)"),
-    "lr": (float, "AdamW learning rate (playbook: 0.003)"),
-    "batch_size": (int, "rows per step (playbook: 64)"),
-    "hidden_size": (int, "hidden layer width (playbook: 512)"),
-    "hidden_layers": (int, "number of hidden layers; the playbook's is 4 (default 1)"),
-    "dropout": (float, "dropout rate (playbook: 0.45)"),
-    "weight_decay": (float, "AdamW weight decay (playbook: 1e-4)"),
-    "patience": (int, "early-stopping patience in epochs, 0 disables (default 20)"),
-    "min_delta": (float, "early stopping: the share by which a validation loss must beat the best to count as "
-                         "better, 0 = any decrease (default 0.01)"),
-    "label_smoothing": (float, "share of each target spread over the other labels (default 0.1)"),
-    "featurizer": (str, "bow (bag-of-words) or embeddings, a sentence encoder's; needs pip install "
-                        "'intentflow[embeddings]' (default bow)"),
-    "word_ngrams": (int, "bag-of-words: single words and runs of up to this many words, 2 = word pairs too, "
-                         "1 = single words only (default 2)"),
-    "char_ngrams": (int, "bag-of-words: also character n-grams of 2 to this many characters inside each word, "
-                         "0 = words only (default 5)"),
-    "linear_share": (float, "bag-of-words: share of the answer from a logistic regression on the examples, "
-                            "folded into the network, 0 = the MLP alone (default 0.5)"),
-    "embedding_model": (str, "sentence encoder, hub name or folder; empty = the bundled all-MiniLM-L6-v2 "
-                             "(default empty)"),
-    "finetune_epochs": (int, "contrastive fine-tuning epochs of the encoder, 0 keeps it frozen (default 6)"),
-    "finetune_lr": (float, "learning rate of the encoder's fine-tuning (default 5e-05)"),
-    "embedding_layers": (_layer_list,
-                         "hidden layers of the encoder (0 = its word embeddings) whose averaged token states are "
-                         "appended to its sentence vector, comma-separated; none = the sentence vector alone "
-                         "(default 4)"),
-    "embedding_heads": (int, "networks trained from consecutive seeds on the same sentence vectors and merged into "
-                             "one that averages their logits, 1 = a single network (default 5)"),
-    "oos_threshold": (lambda text: text if text in ("auto", "off") else float(text),
-                      "confidence below which the answer is the unknown label: auto = calibrated on validation "
-                      "for embeddings, off for bow; off; or a number from 0 to 1 (default auto)"),
-    "unknown_label": (str, "label of out-of-scope answers (default unknown)"),
-    "refit": (bool, "once the held-out run has chosen the epoch count (and, in retrain, passed the gate), train "
-                    "again on the training and validation rows and keep that model (default on)"),
-}
+def _threshold(text: str) -> str | float:
+    if text in ("auto", "off"):
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not auto, off or a number from 0 to 1") from None
+
+
+def _shown(value: Any) -> str:
+    """A default as its flag is written: on/off, a comma list or none, empty."""
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, list):
+        return ",".join(map(str, value)) or "none"
+    return str(value) if value != "" else "empty"
+
+
+def _setting_flags(sections: tuple[str, ...]) -> dict[str, tuple[Any, str]]:
+    """``{name: (argparse type, help)}`` of every setting in ``sections``, built from the settings models
+    (``intentflow.config.flat_settings``): a setting is added there once and every command that can honour it
+    takes it as a flag. The defaults stated are the code's, which equal config/training.toml's (a test holds)."""
+    from typing import Literal, get_args, get_origin
+
+    from intentflow.config import Settings, flat_settings
+
+    flags: dict[str, tuple[Any, str]] = {}
+    for name, (places, annotation, info) in flat_settings(Settings()).items():
+        if not any(section in sections for section, _ in places):
+            continue
+        kind: Any = annotation
+        if get_origin(annotation) is Literal:
+            kind = ("choices", list(get_args(annotation)))
+        elif name == "embedding_layers":
+            kind = _layer_list
+        elif name == "oos_threshold":
+            kind = _threshold
+        flags[name] = (kind, f"{info.description} (default {_shown(info.default)})")
+    return flags
+
+
+PREPARE_FLAGS = _setting_flags(("prepare",))
+TRAIN_FLAGS = _setting_flags(("train",))
+# A retrain run honours every setting: preparation, training, incremental runs, the gate, publishing.
+RETRAIN_FLAGS = _setting_flags(("prepare", "train", "incremental", "gate", "publish"))
 
 
 def _add_flags(parser: argparse.ArgumentParser, flags: dict[str, tuple[Any, str]]) -> None:
     for name, (kind, help_text) in flags.items():
+        flag = "--" + name.replace("_", "-")
         if kind is bool:
-            parser.add_argument("--" + name.replace("_", "-"), dest=name, action=argparse.BooleanOptionalAction,
-                                default=None, help=help_text)
+            parser.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+        elif isinstance(kind, tuple):
+            parser.add_argument(flag, dest=name, choices=kind[1], default=None, help=help_text)
         else:
-            parser.add_argument("--" + name.replace("_", "-"), dest=name, type=kind, default=None, help=help_text)
+            parser.add_argument(flag, dest=name, type=kind, default=None, help=help_text)
 
 
 def _add_evaluation(parser: argparse.ArgumentParser) -> None:
@@ -93,16 +96,12 @@ def _add_config(parser: argparse.ArgumentParser) -> None:
                         help="settings file (default: config/training.toml when present)")
 
 
-def _settings(args: argparse.Namespace, prepare: bool, train: bool) -> Any:
-    from intentflow.config import load_settings
+def _settings(args: argparse.Namespace, flags: dict[str, tuple[Any, str]]) -> Any:
+    """The settings file with the command's flags that were given."""
+    from intentflow.config import apply_flat, load_settings
 
-    pick = lambda names: {name: getattr(args, name, None) for name in names}  # noqa: E731
-    sections: dict[str, dict[str, Any]] = {}
-    if prepare:
-        sections["prepare"] = {**pick(PREPARE_FLAGS), **pick(["seed"])}
-    if train:
-        sections["train"] = {**pick(TRAIN_FLAGS), **pick(["seed", "device"])}
-    return load_settings(args.config).with_overrides(**sections)
+    given = {name: getattr(args, name) for name in flags if getattr(args, name, None) is not None}
+    return apply_flat(load_settings(args.config), given)
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -128,7 +127,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     from intentflow.dataset import prepare_data, write_prepared
     from intentflow.outcomes import load_outcomes
 
-    settings = _settings(args, prepare=True, train=False)
+    settings = _settings(args, PREPARE_FLAGS)
     outcomes = load_outcomes(args.outcomes)
     data = prepare_data(outcomes, settings.prepare)
     write_prepared(data, args.out)
@@ -147,7 +146,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     from intentflow.pipeline import train_from_data
 
-    settings = _settings(args, prepare=False, train=True)
+    settings = _settings(args, TRAIN_FLAGS)
     with _progress() as on_epoch:
         payload = train_from_data(args.data, settings.train, args.checkpoint, on_epoch=on_epoch)
     metrics = payload["metrics"]
@@ -273,9 +272,8 @@ def cmd_retrain(args: argparse.Namespace) -> int:
 
         from flows.retrain import RetrainParameters, retrain
 
-        overrides = {name: getattr(args, name) for name in (*PREPARE_FLAGS, *TRAIN_FLAGS, "seed", "device",
-                                                              "threshold")
-                     if name in RetrainParameters.model_fields and getattr(args, name, None) is not None}
+        # Every flag is a field of the flow's parameters (both are built from the settings models).
+        overrides = {name: getattr(args, name) for name in RETRAIN_FLAGS if getattr(args, name, None) is not None}
         try:
             params = RetrainParameters(outcomes=str(args.outcomes), registry=str(args.registry),
                                        evaluation=str(args.evaluation or ""), config=str(args.config or ""),
@@ -462,7 +460,6 @@ def build_parser() -> argparse.ArgumentParser:
     prepare.add_argument("--outcomes", type=Path, default=Path(DEFAULT_OUTCOMES))
     prepare.add_argument("--out", type=Path, default=Path("data"))
     _add_flags(prepare, PREPARE_FLAGS)
-    prepare.add_argument("--seed", type=int, default=None, help="augmentation and split seed (playbook: 2025)")
     _add_config(prepare)
     prepare.set_defaults(handler=cmd_prepare)
 
@@ -470,8 +467,6 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--data", type=Path, default=Path("data"))
     train.add_argument("--checkpoint", type=Path, required=True)
     _add_flags(train, TRAIN_FLAGS)
-    train.add_argument("--seed", type=int, default=None, help="training seed")
-    train.add_argument("--device", choices=["auto", "cpu", "cuda"], default=None)
     _add_config(train)
     train.set_defaults(handler=cmd_train)
 
@@ -519,13 +514,10 @@ def build_parser() -> argparse.ArgumentParser:
     retrain.add_argument("--outcomes", type=Path, default=Path(DEFAULT_OUTCOMES))
     retrain.add_argument("--registry", type=Path, default=Path(DEFAULT_REGISTRY))
     _add_evaluation(retrain)
-    retrain.add_argument("--threshold", type=float, default=None, help="validation accuracy needed to promote")
     retrain.add_argument("--force", action="store_true", help="retrain even when production is up to date")
     retrain.add_argument("--mode", choices=["auto", "full", "incremental"], default="auto",
                          help="auto (default): incremental from production when only utterances were added, else full")
-    _add_flags(retrain, {**PREPARE_FLAGS, **TRAIN_FLAGS})
-    retrain.add_argument("--seed", type=int, default=None)
-    retrain.add_argument("--device", choices=["auto", "cpu", "cuda"], default=None)
+    _add_flags(retrain, RETRAIN_FLAGS)
     _add_config(retrain)
     retrain.set_defaults(handler=cmd_retrain)
 

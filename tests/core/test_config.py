@@ -147,16 +147,16 @@ def test_cli_help_states_the_real_defaults():
 
 
 def test_train_flags_reach_the_training_settings():
-    from intentflow.cli import _settings, build_parser
+    from intentflow.cli import RETRAIN_FLAGS, _settings, build_parser
 
     args = build_parser().parse_args(["retrain", "--config", str(BUNDLED_SETTINGS), "--finetune-lr", "1e-4",
                                       "--finetune-epochs", "3", "--char-ngrams", "4", "--embedding-layers", "2,5",
                                       "--embedding-heads", "2"])
-    train = _settings(args, prepare=True, train=True).train
+    train = _settings(args, RETRAIN_FLAGS).train
 
     assert (train.finetune_lr, train.finetune_epochs, train.char_ngrams) == (1e-4, 3, 4)
     assert train.embedding_heads == 2 and Settings().train.embedding_heads == 5
     assert train.embedding_layers == [2, 5]
     none = build_parser().parse_args(["retrain", "--config", str(BUNDLED_SETTINGS), "--embedding-layers", "none"])
-    assert _settings(none, prepare=True, train=True).train.embedding_layers == []
+    assert _settings(none, RETRAIN_FLAGS).train.embedding_layers == []
     assert train.lr == Settings().train.lr  # not flagged: from the file

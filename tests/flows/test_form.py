@@ -6,12 +6,13 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 from flow_helpers import REPO
 
 from flows.retrain import RetrainParameters, retrain, run_name
-from intentflow.cli import PREPARE_FLAGS, TRAIN_FLAGS, build_parser
+from intentflow.cli import PREPARE_FLAGS, RETRAIN_FLAGS, TRAIN_FLAGS, build_parser
 from intentflow.config import flat_settings, load_settings
 
 
@@ -52,13 +53,43 @@ def test_a_run_takes_the_settings_file_except_where_it_sets_a_field(tmp_path: Pa
     assert chosen.prepare.seed == chosen.train.seed == 7
 
 
-def test_every_retrain_flag_reaches_the_flow() -> None:
-    """A flag `intentflow retrain` accepts is a parameter of the flow, never dropped on the way."""
-    retrain_parser = build_parser()._subparsers._group_actions[0].choices["retrain"]
-    destinations = {action.dest for action in retrain_parser._actions}
-    for name in [*PREPARE_FLAGS, *TRAIN_FLAGS, "seed", "device", "threshold"]:
-        assert name in destinations
-        assert name in RetrainParameters.model_fields, f"--{name} would be dropped"
+def commands() -> dict[str, Any]:
+    return build_parser()._subparsers._group_actions[0].choices
+
+
+def test_every_setting_is_a_flag_of_the_commands_that_honour_it_and_reaches_the_flow() -> None:
+    """One source of truth: each setting of the settings models is a flag of `retrain` (and a field of the flow's
+    form), the preparation settings of `prepare`, the training settings of `train`; nothing is dropped on the way."""
+    settings = flat_settings(load_settings(REPO / "config" / "training.toml"))
+    flags = {name: {action.dest for action in parser._actions} for name, parser in commands().items()}
+    for name, (places, _, _) in settings.items():
+        sections = {section for section, _ in places}
+        assert name in flags["retrain"] and name in RetrainParameters.model_fields, name
+        assert (name in flags["prepare"]) == ("prepare" in sections), name
+        assert (name in flags["train"]) == ("train" in sections), name
+    assert set(RETRAIN_FLAGS) == set(settings)
+    assert set(PREPARE_FLAGS) | set(TRAIN_FLAGS) < set(RETRAIN_FLAGS)
+
+
+def test_a_flag_a_command_cannot_honour_is_an_error(capsys: pytest.CaptureFixture[str]) -> None:
+    # `train` works on prepared data: augmentation is done; the gate is retrain's.
+    for flags in (["--augment-factor", "10"], ["--threshold", "0.5"], ["--incremental-lr", "0.01"]):
+        with pytest.raises(SystemExit) as exit_info:
+            build_parser().parse_args(["train", "--checkpoint", "model.pt", *flags])
+        assert exit_info.value.code == 2
+        assert f"unrecognized arguments: {' '.join(flags)}" in capsys.readouterr().err
+
+
+def test_retrain_flags_set_what_they_name(tmp_path: Path) -> None:
+    from intentflow.cli import _settings
+
+    args = build_parser().parse_args(["retrain", "--config", str(REPO / "config" / "training.toml"),
+                                      "--train-fraction", "0.5", "--min-val-per-label", "4", "--tolerance", "0.05",
+                                      "--incremental-epochs", "3", "--oos-threshold", "0.3", "--no-refit"])
+    settings = _settings(args, RETRAIN_FLAGS)
+    assert (settings.prepare.train_fraction, settings.prepare.min_val_per_label) == (0.5, 4)
+    assert (settings.gate.tolerance, settings.incremental.epochs) == (0.05, 3)
+    assert (settings.train.oos_threshold, settings.train.refit) == (0.3, False)
 
 
 def test_run_names_carry_the_time(monkeypatch: pytest.MonkeyPatch) -> None:
