@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, create_model
 from flows.verdict import failed_state, rejected_state
 from intentflow.checkpoint import build_payload, load_checkpoint
 from intentflow.config import Settings, apply_flat, flat_settings, load_settings
-from intentflow.errors import IntentflowError, ValidationFailed
+from intentflow.errors import IntentflowError
 from intentflow.evaluate import Evaluation
 from intentflow.gate import GateDecision
 from intentflow.golden import GoldenSet, golden_folder
@@ -100,12 +100,7 @@ class _Parameters(BaseModel):
     def settings(self) -> Settings:
         """``config`` (or config/training.toml) with the settings this run set explicitly."""
         chosen = {name: getattr(self, name) for name in self.model_fields_set if name in SETTING_NAMES}
-        try:
-            return apply_flat(load_settings(self.config or None), chosen)
-        except ValidationFailed:
-            raise
-        except ValueError as error:
-            raise IntentflowError(f"invalid setting: {error}") from None
+        return apply_flat(load_settings(self.config or None), chosen)
 
 
 SETTING_NAMES = frozenset(flat_settings(Settings()))

@@ -85,7 +85,7 @@ def choose_mode(requested: str, outcomes: OutcomeSet, config: dict[str, Any], pr
             blocker = "no training sentence is new to production"
         if blocker is None:
             # Forced or not, a candidate is never judged on sentences the model it continues from learnt.
-            blocker = _moved_into_validation(split, production)
+            blocker = _learnt_validation(split, production)
         if blocker is not None:
             raise IntentflowError(f"cannot train incrementally: {blocker} (fix: use mode full or auto)")
         return ModeDecision("incremental", requested, f"incremental asked for (mode incremental); "
@@ -170,16 +170,15 @@ def _auto_reason(outcomes: OutcomeSet, config: dict[str, Any], production: dict[
     if not unseen:
         return (f"every new original landed in validation ({_sample(new)}), so an incremental run would have "
                 "nothing new to train on")
+    return _learnt_validation(split, production)
+
+
+def _learnt_validation(split: Split, production: dict[str, Any]) -> str | None:
+    """Why continuing from ``production`` would be scored on sentences it learnt, or None."""
     if _refit(production):
-        # Continuing a model that learnt the validation rows would score the candidate on sentences it learnt.
         # Versions keep their held-out model for this (``production`` is then that one); older ones do not.
         return ("production was refit on its validation rows and keeps no held-out model (it was published before "
                 "versions kept one), so an incremental run could not be judged on sentences it never learnt")
-    return _moved_into_validation(split, production)
-
-
-def _moved_into_validation(split: Split, production: dict[str, Any]) -> str | None:
-    """Why continuing from ``production`` would be scored on sentences it learnt, or None."""
     trained_on = {normalise_text(text) for text in production.get("train_originals", [])}
     seen = sorted({row.original for row in split.val if normalise_text(row.original) in trained_on})
     if seen:

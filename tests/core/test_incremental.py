@@ -141,6 +141,21 @@ def test_an_original_production_trained_on_now_in_validation_is_full(toy):
     assert "moved 1 original production trained on into validation ('play some jazz music')" in decision.reason
 
 
+def test_a_refit_production_without_its_held_out_model_is_never_continued(toy):
+    # Published before versions kept their held-out model: it learnt its validation originals, so a candidate
+    # continued from it would be scored on sentences it learnt. Auto retrains in full; forcing it is refused.
+    refit = {**toy.production, "metrics": {"refit": {"epochs": 3, "rows": 40}}}
+    refit["train_originals"] = sorted({*refit["train_originals"], *refit["validation"]["original"]})
+    outcomes = toy(taught("crank up the tunes"))
+
+    decision = decide(toy, outcomes, production=refit)
+
+    assert decision.mode == "full"
+    assert decision.reason.startswith("production was refit on its validation rows and keeps no held-out model")
+    with pytest.raises(IntentflowError, match="cannot train incrementally: production was refit"):
+        decide(toy, outcomes, requested="incremental", production=refit)
+
+
 @pytest.mark.parametrize("record", [None, "outcomes", [{"name": "play_music", "examples": [3]}], [["play_music"]]])
 def test_a_production_without_its_outcomes_recorded_is_full(toy, record):
     production = {**toy.production, "outcomes": record}
