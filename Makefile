@@ -40,7 +40,7 @@ lint: setup
 server: setup
 	$(BIN)/prefect server start --host 127.0.0.1 --port $(PREFECT_PORT)
 
-## Register the deployments in prefect.yaml (monthly retrain + outcome-change trigger, nightly benchmark) with the server.
+## Register the deployments in prefect.yaml (monthly retrain + outcome-change trigger, nightly check of production).
 deploy: setup
 	PREFECT_API_URL=$(API_URL) $(BIN)/prefect work-pool create intentflow-process --type process --overwrite
 	PREFECT_API_URL=$(API_URL) $(BIN)/prefect deploy --all
