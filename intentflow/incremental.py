@@ -138,8 +138,11 @@ def _blocker(outcomes: OutcomeSet, config: dict[str, Any], production: dict[str,
                 f"{', '.join(removed) or 'none'})")
     recorded = production.get("config", {}).get("train", {})
     train = config.get("train", {})
-    if "embeddings" in (recorded.get("featurizer", "bow"), train.get("featurizer", "bow")):
-        return "incremental training continues bag-of-words models only (featurizer embeddings retrains in full)"
+    if recorded.get("featurizer", "bow") != train.get("featurizer", "bow"):
+        return (f"the featurizer changed (train.featurizer {recorded.get('featurizer', 'bow')!r} -> "
+                f"{train.get('featurizer', 'bow')!r})")
+    if train.get("featurizer") == "embeddings" and recorded.get("embedding_model") != train.get("embedding_model"):
+        return "the sentence encoder changed (train.embedding_model)"
     for key in ("hidden_size", "hidden_layers"):
         if recorded.get(key) != train.get(key):
             return f"the network changed (train.{key} {recorded.get(key)!r} -> {train.get(key)!r})"

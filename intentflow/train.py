@@ -277,11 +277,15 @@ def continue_training(
     the architecture is production's and must match ``config``.
     """
     rows = [*new_train, *replay_train]
-    if production["config"].get("featurizer", "bow") != "bow" or config.featurizer != "bow":
-        raise IntentflowError("incremental training continues bag-of-words models only (fix: run a full retrain, "
-                              "mode full)")
+    featurizer = production["config"].get("featurizer", "bow")
+    if featurizer != config.featurizer:
+        raise IntentflowError(f"production is a {featurizer} model and the config asks for {config.featurizer} "
+                              "(fix: run a full retrain, mode full)")
     if not new_train:
         raise IntentflowError("incremental training got no new rows (fix: run a full retrain, mode full)")
+    if featurizer == "embeddings":
+        return _continue_embeddings(production, new_train, replay_train, val, config, incremental, on_epoch,
+                                    new_share)
     labels = list(production["labels"])
     architecture = production["config"]
     # A folded linear model widened production's hidden layers; they keep that width (and go on learning).
@@ -335,6 +339,40 @@ def continue_training(
         _fit(result, texts, targets, val_texts, val_labels, epochs=incremental.epochs, lr=incremental.lr,
              on_epoch=on_epoch, keep_best=False, val_is_original=val_is_original, row_weights=weights,
              total_epochs=total)
+    return result
+
+
+def _continue_embeddings(production: dict[str, Any], new_train: Sequence[Row], replay_train: Sequence[Row],
+                         val: Sequence[Row], config: TrainConfig, incremental: IncrementalConfig,
+                         on_epoch: Callable[[EpochStats, int], None] | None, new_share: float | None) -> TrainedModel:
+    """An embeddings model continued: production's network (its merged heads) on production's fine-tuned encoder,
+    frozen, learns the new rows with the replayed ones for ``incremental.epochs`` at ``incremental.lr`` (stage 2 of
+    ``continue_training``; there are no new features to learn first). The encoder is not tuned again, so a taught
+    sentence costs seconds, not a fine-tuning run; the monthly full retrain tunes it on everything."""
+    from intentflow.inference import build_encoder, build_model
+
+    if not incremental.epochs:
+        raise IntentflowError("[incremental] epochs is 0, and an embeddings model learns new sentences only in that "
+                              "stage (fix: set [incremental] epochs above 0, or run a full retrain, mode full)")
+    labels = list(production["labels"])
+    rows = [*new_train, *replay_train]
+    unknown = sorted({row.label for row in rows} - set(labels))
+    if unknown:
+        raise IntentflowError(f"outcomes production does not know: {', '.join(unknown)} (fix: run a full retrain, "
+                              "mode full)")
+    _check_val_labels([row.label for row in val], labels)
+    device = resolve_device(config.device)
+    torch.manual_seed(config.seed)
+    model, vocab, _ = build_model(production)
+    encoder = build_encoder(production, str(device))
+    result = TrainedModel(model=model.to(device), vocab=vocab, labels=labels, config=config, device=str(device),
+                          encoder=encoder, out_of_scope=list((production.get("oos") or {}).get("outcomes") or []))
+    logger.info("continuing from production's embeddings model: %d new rows, %d replayed, its encoder frozen",
+                len(new_train), len(replay_train))
+    _fit(result, [row.text for row in rows], [row.label for row in rows], [row.text for row in val],
+         [row.label for row in val], epochs=incremental.epochs, lr=incremental.lr, on_epoch=on_epoch, keep_best=False,
+         val_is_original=[not row.synthetic for row in val],
+         row_weights=_new_row_weights(len(new_train), len(replay_train), new_share))
     return result
 
 

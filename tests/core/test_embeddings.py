@@ -332,3 +332,27 @@ def test_an_embeddings_refit_tunes_its_encoder_on_every_row_and_keeps_the_held_o
     assert refitted.encoder is not held_out.encoder and refitted.encoder.tuned
     assert refitted.refit["rows"] == len(rows) and refitted.refit["epochs"] == held_out.best_epoch
     assert [p.label for p in Classifier.from_trained(refitted).predict_batch(texts)] == labels
+
+
+def test_an_embeddings_model_continues_on_its_frozen_encoder_and_learns_a_taught_sentence(embedded):
+    from intentflow.config import IncrementalConfig
+    from intentflow.train import continue_training
+
+    trained, path = embedded
+    production = load_checkpoint(path)
+    before = Classifier.load(path)
+    taught = "blorp the zxq vimmel"
+    # Taught to an outcome production does not answer for it, so learning it is the continued model's doing.
+    target = next(label for label in sorted(TOY) if label != before.predict(taught).label)
+    texts, labels = toy_texts()
+    new = [Row(taught, target, taught, False)]
+    replay = [Row(text, label, text, False) for text, label in zip(texts, labels, strict=True)]
+    continued = continue_training(production, new, replay, replay[:3], embedding_config(),
+                                  IncrementalConfig(epochs=30, lr=0.01), new_share=0.2)
+    after = Classifier.from_trained(continued)
+    assert after.predict(taught).label == target
+    assert [p.label for p in after.predict_batch(texts)] == labels  # the old ones are kept
+    # The encoder is production's, frozen: the same weights, and the merged network keeps production's width.
+    state = continued.encoder.state()
+    assert all(torch.equal(state[name], value) for name, value in production["encoder_state"].items())
+    assert continued.model.input.weight.shape == before.model.input.weight.shape
