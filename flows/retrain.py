@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from flows.verdict import failed_state, rejected_state
 from intentflow.checkpoint import build_payload, load_checkpoint
-from intentflow.config import Settings, apply_flat, flat_settings, load_settings
+from intentflow.config import Settings, apply_flat, flat_settings, load_settings, resolve_featurizer
 from intentflow.errors import IntentflowError
 from intentflow.evaluate import Evaluation
 from intentflow.gate import GateDecision
@@ -181,7 +181,9 @@ def _load_production(registry: Registry, logger: Any) -> _Production | None:
 
 
 def _retrain(params: RetrainParameters, logger: Any) -> State:
-    settings = params.settings()
+    settings, picked = resolve_featurizer(params.settings())
+    if picked:
+        logger.info(picked)
     if settings.publish.onnx:
         require_exporter()
     if params.changed_paths:

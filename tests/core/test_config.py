@@ -160,3 +160,18 @@ def test_train_flags_reach_the_training_settings():
     none = build_parser().parse_args(["retrain", "--config", str(BUNDLED_SETTINGS), "--embedding-layers", "none"])
     assert _settings(none, RETRAIN_FLAGS).train.embedding_layers == []
     assert train.lr == Settings().train.lr  # not flagged: from the file
+
+
+def test_featurizer_auto_picks_embeddings_where_the_extra_is_installed_and_says_so(monkeypatch):
+    import intentflow.config
+    from intentflow.config import resolve_featurizer
+
+    auto = Settings().with_overrides(train={"featurizer": "auto"})
+    monkeypatch.setattr(intentflow.config, "embeddings_installed", lambda: True)
+    resolved, line = resolve_featurizer(auto)
+    assert resolved.train.featurizer == "embeddings" and line.startswith("featurizer auto: embeddings (")
+    monkeypatch.setattr(intentflow.config, "embeddings_installed", lambda: False)
+    resolved, line = resolve_featurizer(auto)
+    assert resolved.train.featurizer == "bow" and "pip install 'intentflow[embeddings]'" in line
+    # A concrete featurizer is left alone, with nothing to say.
+    assert resolve_featurizer(Settings()) == (Settings(), None)

@@ -38,7 +38,7 @@ def test_every_setting_shows_the_value_from_training_toml_and_its_limits() -> No
     assert "; above 0.0 to 1.0 (" in properties["lr"]["description"]
     assert "; from 1 to 100000 (" in properties["epochs"]["description"]
     assert "; from 0.0 below 1.0 (" in properties["dropout"]["description"]
-    assert properties["featurizer"]["enum"] == ["bow", "embeddings"]
+    assert properties["featurizer"]["enum"] == ["auto", "bow", "embeddings"]
     assert "Filled in by the outcome-change trigger" in properties["changed_paths"]["description"]
 
 
@@ -95,3 +95,20 @@ def test_retrain_flags_set_what_they_name(tmp_path: Path) -> None:
 def test_run_names_carry_the_time(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(REPO)
     assert re.fullmatch(r"retrain-\d{4}-\d{2}-\d{2}-\d{6}-[0-9a-f]{8}", run_name())
+
+
+def test_a_run_with_featurizer_auto_records_the_featurizer_it_picked(harness: None, tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+    from flow_helpers import TINY, write_outcomes
+
+    import intentflow.config
+    from intentflow.registry import Registry
+
+    monkeypatch.setattr(intentflow.config, "embeddings_installed", lambda: False)  # as without the extra
+    outcomes = write_outcomes(tmp_path / "outcomes")
+    state = retrain(RetrainParameters(**{**TINY, "featurizer": "auto", "outcomes": str(outcomes),
+                                         "registry": str(tmp_path / "registry")}), return_state=True)
+    assert state.is_completed(), state.message
+    payload = torch.load(Registry(tmp_path / "registry").production().checkpoint, weights_only=True)
+    assert payload["config"]["featurizer"] == payload["config"]["train"]["featurizer"] == "bow"
