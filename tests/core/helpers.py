@@ -58,7 +58,7 @@ def tiny_train_config(**changes: Any) -> TrainConfig:
     values: dict[str, Any] = {"epochs": 60, "hidden_size": 32, "hidden_layers": 1, "dropout": 0.0, "lr": 0.01,
                               "batch_size": 16, "patience": 0, "seed": 3, "device": "cpu",
                               # Tests of out-of-scope detection turn it on; elsewhere a label is always a label.
-                              "oos_threshold": "off", "label_smoothing": 0.0,
+                              "oos_threshold": "off", "label_smoothing": 0.0, "featurizer": "bow",
                               # Single words only: the toy sets are built word by word; the word-pair and
                               # character n-gram tests set these.
                               "word_ngrams": 1, "char_ngrams": 0}

@@ -51,7 +51,8 @@ def workspace(tmp_path_factory) -> Workspace:
         code, prepare_out, err = run_cli(["prepare", "--outcomes", "outcomes", "--out", "data",
                                           "--augment-factor", "20", "--seed", "1"])
         assert code == 0, err
-        code, train_out, err = run_cli(["train", "--data", "data", "--checkpoint", "model.pt", "--epochs", "30",
+        code, train_out, err = run_cli(["train", "--data", "data", "--checkpoint", "model.pt", "--featurizer", "bow",
+                                        "--epochs", "30",
                                         "--hidden-size", "32", "--hidden-layers", "1", "--device", "cpu"])
         assert code == 0, err
     return Workspace(root, root / "outcomes", root / "data", root / "model.pt", prepare_out, train_out)

@@ -44,7 +44,8 @@ OUTCOMES: dict[str, dict[str, Any]] = {
 
 # The tiny training config of every flow run here: about a second per run on one CPU thread. The settings file is
 # named, so the runs do not depend on the folder pytest starts in.
-TINY: dict[str, Any] = {"config": str(REPO / "config" / "training.toml"), "augment_factor": 20, "epochs": 30,
+TINY: dict[str, Any] = {"config": str(REPO / "config" / "training.toml"), "featurizer": "bow", "augment_factor": 20,
+                        "epochs": 30,
                         "hidden_size": 32, "hidden_layers": 1, "patience": 5, "threshold": 0.5, "seed": 1,
                         "device": "cpu", "oos_threshold": "off"}
 
@@ -52,7 +53,8 @@ TINY: dict[str, Any] = {"config": str(REPO / "config" / "training.toml"), "augme
 def retrain_command(outcomes: Path, registry: Path) -> list[str]:
     """`intentflow retrain --force` with the tiny settings, as a child process runs it."""
     flags = ["--outcomes", str(outcomes), "--registry", str(registry), "--config", TINY["config"], "--force"]
-    for name in ("augment_factor", "epochs", "hidden_size", "hidden_layers", "patience", "seed", "device", "threshold"):
+    for name in ("featurizer", "augment_factor", "epochs", "hidden_size", "hidden_layers", "patience", "seed", "device",
+                 "threshold"):
         flags += ["--" + name.replace("_", "-"), str(TINY[name])]
     return [sys.executable, "-m", "intentflow.cli", "retrain", *flags]
 

@@ -84,7 +84,8 @@ def test_every_deployment_completes_on_a_fresh_clone_and_a_rejection_reads_as_a_
 
     # A dry run (threshold above 1) is rejected by the gate: a decision, not a crash.
     run_id = run_deployment(full_names["retrain-monthly"], env, clone, "--params",
-                            '{"params": {"threshold": 1.5, "force": true, "epochs": 2, "augment_factor": 20}}')
+                            '{"params": {"threshold": 1.5, "force": true, "epochs": 2, "augment_factor": 20, '
+                            '"featurizer": "bow"}}')
     run = wait_for(lambda: finished(api, run_id), RUN_TIMEOUT, "the rejected run", processes)
     assert run["state"]["type"] == "FAILED" and run["state"]["name"] == "Rejected", run["state"]
     assert run["state"]["message"].startswith("gate rejected intent_model_v")

@@ -443,7 +443,7 @@ def test_retrain_command_reports_each_outcome(tmp_path: Path, outcomes_folder: P
     monkeypatch.delenv("PREFECT_LOGGING_EXTRA_LOGGERS", raising=False)  # the command sets it; undo that after
     registry = tmp_path / "registry"
     flags = ["retrain", "--outcomes", str(outcomes_folder), "--registry", str(registry), "--config", tiny["config"]]
-    for name in ("augment_factor", "epochs", "hidden_size", "hidden_layers", "patience", "seed", "device",
+    for name in ("featurizer", "augment_factor", "epochs", "hidden_size", "hidden_layers", "patience", "seed", "device",
                  "threshold"):
         flags += ["--" + name.replace("_", "-"), str(tiny[name])]
 
