@@ -64,7 +64,8 @@ def run(variant: dict[str, Any], seed: int, train: list[dict[str, str]], val: li
     shots = draw_shots(train, seed)
     settings = load_settings(Path(__file__).resolve().parents[1] / "config" / "training.toml")
     refit = variant.get("refit")
-    config = settings.train.model_copy(update={"oos_threshold": "off", "char_ngrams": variant.get("char_ngrams", 0),
+    config = settings.train.model_copy(update={"featurizer": "bow", "oos_threshold": "off",
+                                               "char_ngrams": variant.get("char_ngrams", 0),
                                                "word_ngrams": variant.get("word_ngrams", 1),
                                                **({"epochs": refit} if refit else {})})
     # One utterance per intent held out to validate, unless refitting on all of them.

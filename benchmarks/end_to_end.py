@@ -18,7 +18,7 @@ from pathlib import Path
 
 from common import ROOT, command, machine, stamp  # noqa: I001 - sets sys.path for intentflow
 
-from intentflow.config import load_settings
+from intentflow.config import load_settings, resolve_featurizer
 from intentflow.dataset import prepare_data
 from intentflow.evaluate import evaluate_model
 from intentflow.inference import Classifier
@@ -55,11 +55,12 @@ def main() -> None:
             runs.append((run, *timed_retrain(Path(scratch) / "registry", env)))
 
     start = time.perf_counter()
-    settings = load_settings(ROOT / "config" / "training.toml")
+    settings, _ = resolve_featurizer(load_settings(ROOT / "config" / "training.toml"))
     data = prepare_data(load_outcomes(ROOT / "config" / "outcomes"), settings.prepare)
     prepared = time.perf_counter() - start
     # As the flow's train task does (word pairs from the originals only, out-of-scope calibrated on them).
-    trained = train_split(Split(data.train, data.val), settings.train)
+    split = Split(data.train, data.val).for_featurizer(settings.train.featurizer)
+    trained = train_split(split, settings.train)
     training = time.perf_counter() - start - prepared
     evaluate_model(Classifier.from_trained(trained), [r.text for r in data.val],
                    [r.label for r in data.val])
@@ -67,7 +68,7 @@ def main() -> None:
     if settings.train.refit:
         # As the flow does once the gate passes: train again on every row, and check it on the validation rows.
         refit_start = time.perf_counter()
-        refitted = refit_model(trained, Split(data.train, data.val))
+        refitted = refit_model(trained, split)
         evaluate_model(Classifier.from_trained(refitted), [r.text for r in data.val], [r.label for r in data.val])
         refit = time.perf_counter() - refit_start
     core = time.perf_counter() - start

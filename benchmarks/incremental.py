@@ -288,7 +288,8 @@ def main() -> None:
                              "augmentation and split seeds instead of the config's, so each validates on other "
                              "originals; the summary gives the mean over them")
     args = parser.parse_args()
-    settings = load_settings(args.config)
+    # Incremental against full retraining of a bag-of-words model, whatever the file's featurizer.
+    settings = load_settings(args.config).with_overrides(train={"featurizer": "bow"})
     rows = []
     with tempfile.TemporaryDirectory() as scratch:
         for dataset in args.datasets:

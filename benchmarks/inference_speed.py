@@ -83,9 +83,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as scratch:
         models = {"given checkpoint": args.checkpoint} if args.checkpoint else {}
         if not models:
-            for name, config in (("defaults (1 x 512, words, pairs, character n-grams)", TrainConfig()),
+            for name, config in (("defaults (1 x 512, words, pairs, character n-grams)", TrainConfig(featurizer="bow")),
                                  ("the playbook's network (4 x 512, words only)",
-                                  TrainConfig(hidden_layers=4, word_ngrams=1, char_ngrams=0))):
+                                  TrainConfig(featurizer="bow", hidden_layers=4, word_ngrams=1, char_ngrams=0))):
                 trained = train_model([r.text for r in train], [r.label for r in train], [r.text for r in val],
                                       [r.label for r in val],
                                       config.model_copy(update={"epochs": 3, "patience": 0, "device": "cpu"}))

@@ -30,7 +30,7 @@ RECIPE = {"lr": 0.003, "batch_size": 64, "hidden_size": 512, "hidden_layers": 4,
           "weight_decay": 1e-4, "seed": 2025}
 # ...on the playbook's features (single words only, as the reference below counts them), and the MLP alone (no
 # linear model of the examples folded in, which the reference has no counterpart of).
-FEATURES = {"word_ngrams": 1, "char_ngrams": 0, "linear_share": 0.0}
+FEATURES = {"featurizer": "bow", "word_ngrams": 1, "char_ngrams": 0, "linear_share": 0.0}
 
 
 def matmul_rate(rows: int, inner: int, cols: int, device: torch.device, seconds: float = 1.0) -> float:

@@ -46,7 +46,7 @@ class TrainConfig(_Strict):
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Where to train")
     label_smoothing: float = Field(0.1, ge=0.0, lt=1.0, description="Share of the target spread over other labels")
     featurizer: Literal["auto", "bow", "embeddings"] = Field(
-        "bow", description="Bag-of-words, sentence embeddings (the embeddings extra), or auto: embeddings where that "
+        "auto", description="Bag-of-words, sentence embeddings (the embeddings extra), or auto: embeddings where that "
         "extra is installed, else bag-of-words")
     word_ngrams: int = Field(2, ge=1, le=MAX_WORD_NGRAMS, description="Bag-of-words: single words and runs of up "
                              "to this many words; 1 = single words only")

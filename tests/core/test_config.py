@@ -174,4 +174,6 @@ def test_featurizer_auto_picks_embeddings_where_the_extra_is_installed_and_says_
     resolved, line = resolve_featurizer(auto)
     assert resolved.train.featurizer == "bow" and "pip install 'intentflow[embeddings]'" in line
     # A concrete featurizer is left alone, with nothing to say.
-    assert resolve_featurizer(Settings()) == (Settings(), None)
+    bow = Settings().with_overrides(train={"featurizer": "bow"})
+    assert resolve_featurizer(bow) == (bow, None)
+    assert Settings().train.featurizer == "auto"  # the default

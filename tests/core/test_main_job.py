@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from intentflow.config import load_settings
+from intentflow.config import load_settings, resolve_featurizer
 from intentflow.dataset import prepare_data
 from intentflow.gate import gate_candidate
 from intentflow.outcomes import load_outcomes
@@ -21,9 +21,10 @@ from .helpers import BUNDLED_OUTCOMES, REPO
 
 @pytest.mark.slow
 def test_the_bundled_outcomes_with_the_default_settings_pass_the_gate():
-    settings = load_settings(REPO / "config" / "training.toml")
+    settings, _ = resolve_featurizer(load_settings(REPO / "config" / "training.toml"))
     data = prepare_data(load_outcomes(BUNDLED_OUTCOMES), settings.prepare)
-    trained = train_split(Split(data.train, data.val), settings.train)
-    decision = gate_candidate(trained.metrics["val_accuracy"], trained.labels, [row.text for row in data.val],
-                              [row.label for row in data.val], settings.gate)
+    split = Split(data.train, data.val).for_featurizer(settings.train.featurizer)
+    trained = train_split(split, settings.train)
+    decision = gate_candidate(trained.metrics["val_accuracy"], trained.labels, [row.text for row in split.val],
+                              [row.label for row in split.val], settings.gate)
     assert decision.promote, decision.reason
