@@ -300,11 +300,7 @@ def continue_training(
     if found != expected:
         raise IntentflowError(f"production's network {found} differs from the config's {expected}, so training "
                               "cannot continue from it (fix: run a full retrain, mode full)")
-    unknown = sorted({row.label for row in rows} - set(labels))
-    if unknown:
-        raise IntentflowError(f"outcomes production does not know: {', '.join(unknown)} (fix: run a full retrain, "
-                              "mode full)")
-    _check_val_labels([row.label for row in val], labels)
+    _check_continuable(rows, val, labels)
     device = resolve_device(config.device)
     torch.manual_seed(config.seed)
     word_ngrams = int(architecture.get("word_ngrams", 1))
@@ -359,11 +355,7 @@ def _continue_embeddings(production: dict[str, Any], new_train: Sequence[Row], r
                               "stage (fix: set [incremental] epochs above 0, or run a full retrain, mode full)")
     labels = list(production["labels"])
     rows = [*new_train, *replay_train]
-    unknown = sorted({row.label for row in rows} - set(labels))
-    if unknown:
-        raise IntentflowError(f"outcomes production does not know: {', '.join(unknown)} (fix: run a full retrain, "
-                              "mode full)")
-    _check_val_labels([row.label for row in val], labels)
+    _check_continuable(rows, val, labels)
     device = resolve_device(config.device)
     torch.manual_seed(config.seed)
     model, vocab, _ = build_model(production)
@@ -377,6 +369,15 @@ def _continue_embeddings(production: dict[str, Any], new_train: Sequence[Row], r
          val_is_original=[not row.synthetic for row in val],
          row_weights=_new_row_weights(len(new_train), len(replay_train), new_share))
     return result
+
+
+def _check_continuable(rows: Sequence[Row], val: Sequence[Row], labels: list[str]) -> None:
+    """Training and validation rows of production's outcomes only: continuing cannot add an output."""
+    unknown = sorted({row.label for row in rows} - set(labels))
+    if unknown:
+        raise IntentflowError(f"outcomes production does not know: {', '.join(unknown)} (fix: run a full retrain, "
+                              "mode full)")
+    _check_val_labels([row.label for row in val], labels)
 
 
 def _new_row_weights(new: int, replay: int, new_share: float | None) -> list[float] | None:
