@@ -16,7 +16,7 @@ from prefect.utilities.annotations import opaque
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from flows.verdict import failed_state, rejected_state
-from intentflow.checkpoint import build_payload, load_checkpoint
+from intentflow.checkpoint import build_payload
 from intentflow.config import Settings, apply_flat, flat_settings, load_settings, resolve_featurizer
 from intentflow.errors import IntentflowError
 from intentflow.evaluate import Evaluation
@@ -167,17 +167,14 @@ def _load_production(registry: Registry, logger: Any) -> _Production | None:
     if version is None:
         return None
     try:
-        served_payload = load_checkpoint(version.checkpoint)
-        held_out_payload = (load_checkpoint(version.held_out_checkpoint)
-                            if version.held_out_checkpoint != version.checkpoint else served_payload)
-        served = Classifier(*build_model(served_payload), payload=served_payload)
-        held_out = (served if held_out_payload is served_payload
-                    else Classifier(*build_model(held_out_payload), payload=held_out_payload))
+        served = Classifier.load(version.checkpoint)
+        held_out = (Classifier.load(version.held_out_checkpoint)
+                    if version.held_out_checkpoint != version.checkpoint else served)
     except IntentflowError as error:
         logger.warning("production %s cannot be loaded, so it is neither compared nor continued from: %s",
                        version.name, error)
         return None
-    return _Production(version.name, served_payload, served, held_out_payload, held_out)
+    return _Production(version.name, served.payload, served, held_out.payload, held_out)
 
 
 def _retrain(params: RetrainParameters, logger: Any) -> State:

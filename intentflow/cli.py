@@ -162,12 +162,12 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from intentflow.checkpoint import held_out_path, load_checkpoint
+    from intentflow.checkpoint import held_out_path
     from intentflow.dataset import read_labelled
     from intentflow.errors import display_path
     from intentflow.evaluate import OOS_LABELS, align_labels, evaluate_model
     from intentflow.golden import golden_folder, load_golden
-    from intentflow.inference import Classifier, build_model
+    from intentflow.inference import Classifier
     from intentflow.registry import resolve_checkpoint
 
     classifier = Classifier.load(args.checkpoint)
@@ -208,8 +208,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         # held-out model a refit version keeps beside the one it serves.
         held_out = held_out_path(resolve_checkpoint(args.checkpoint))
         if held_out.is_file():
-            payload = load_checkpoint(held_out)
-            classifier = Classifier(*build_model(payload), payload=payload)
+            classifier = Classifier.load(held_out)
         recorded = classifier.payload.get("validation", {})
         texts, labels = list(recorded.get("text", [])), list(recorded.get("label", []))
         source = "the validation set recorded in the checkpoint" + note

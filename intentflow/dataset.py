@@ -92,8 +92,10 @@ def _rows(path: Path) -> list[Row]:
     ]
 
 
-def read_labelled(path: str | Path, extra_fields: bool = False) -> tuple[list[str], list[str], list[dict]]:
-    """Read ``{"text": ..., "label": ...}`` per line; every bad line is reported with its number."""
+def read_labelled(path: str | Path, extra_fields: bool = False,
+                  line_numbers: list[int] | None = None) -> tuple[list[str], list[str], list[dict]]:
+    """Read ``{"text": ..., "label": ...}`` per line; every bad line is reported with its number. ``line_numbers``,
+    when given, receives the file line of each row returned (blank lines are skipped)."""
     path = Path(path)
     shown = display_path(path)
     if not path.exists():
@@ -115,6 +117,8 @@ def read_labelled(path: str | Path, extra_fields: bool = False) -> tuple[list[st
                 if record is not None:
                     texts.append(" ".join(record["text"].split()))
                     labels.append(record["label"])
+                    if line_numbers is not None:
+                        line_numbers.append(number)
                     if extra_fields:
                         records.append(record)
                 if len(problems) >= 50:

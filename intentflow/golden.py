@@ -33,8 +33,9 @@ def golden_folder(outcomes: str | Path, given: str | Path | None = None) -> Path
 class GoldenSet:
     texts: tuple[str, ...]
     labels: tuple[str, ...]
-    # The file each row came from.
+    # The file each row came from, and its line there.
     files: tuple[str, ...] = ()
+    lines: tuple[int, ...] = ()
     folder: str = ""
     oos_labels: tuple[str, ...] = field(default=OOS_LABELS)
 
@@ -44,8 +45,9 @@ class GoldenSet:
     def restricted_to(self, outcomes: Collection[str]) -> GoldenSet:
         """The rows of ``outcomes`` and the out-of-scope rows."""
         keep = [index for index, label in enumerate(self.labels) if label in outcomes or label in self.oos_labels]
-        return GoldenSet(tuple(self.texts[i] for i in keep), tuple(self.labels[i] for i in keep),
-                         tuple(self.files[i] for i in keep) if self.files else (), self.folder, self.oos_labels)
+        pick = lambda values: tuple(values[i] for i in keep) if values else ()  # noqa: E731
+        return GoldenSet(pick(self.texts), pick(self.labels), pick(self.files), pick(self.lines), self.folder,
+                         self.oos_labels)
 
     def to_dict(self) -> dict[str, object]:
         return {"folder": self.folder, "rows": len(self.texts),
@@ -69,10 +71,11 @@ def load_golden(folder: str | Path, outcomes: OutcomeSet | None = None,
     texts: list[str] = []
     labels: list[str] = []
     files: list[str] = []
+    lines: list[int] = []
     problems: list[Problem] = []
     for path in paths:
         try:
-            file_texts, file_labels, _ = read_labelled(path)
+            file_texts, file_labels, _ = read_labelled(path, line_numbers=lines)
         except ValidationFailed as error:
             problems += error.problems
             continue
@@ -80,13 +83,13 @@ def load_golden(folder: str | Path, outcomes: OutcomeSet | None = None,
         labels += file_labels
         files += [display_path(path)] * len(file_texts)
     if outcomes is not None and not problems:
-        problems = _check_against(outcomes, texts, labels, files, oos_labels)
+        problems = _check_against(outcomes, texts, labels, files, lines, oos_labels)
     if problems:
         raise ValidationFailed(problems)
-    return GoldenSet(tuple(texts), tuple(labels), tuple(files), display_path(folder), oos_labels)
+    return GoldenSet(tuple(texts), tuple(labels), tuple(files), tuple(lines), display_path(folder), oos_labels)
 
 
-def _check_against(outcomes: OutcomeSet, texts: list[str], labels: list[str], files: list[str],
+def _check_against(outcomes: OutcomeSet, texts: list[str], labels: list[str], files: list[str], lines: list[int],
                    oos_labels: tuple[str, ...]) -> list[Problem]:
     where: dict[str, tuple[str, str]] = {}
     for outcome in outcomes.outcomes:
@@ -98,7 +101,7 @@ def _check_against(outcomes: OutcomeSet, texts: list[str], labels: list[str], fi
     problems = []
     seen: dict[tuple[str, str], int] = {}
     for index, (text, label) in enumerate(zip(texts, labels, strict=True)):
-        line = f"line {index + 1 - files.index(files[index])}"
+        line = f"line {lines[index]}"
         if label not in known and label not in oos_labels:
             problems.append(Problem(files[index], f"{line}: label", f"{quote(label)} is neither an outcome nor an "
                                     f"out-of-scope label", f"use one of the outcome names or {oos_labels[0]!r}"))
@@ -111,5 +114,5 @@ def _check_against(outcomes: OutcomeSet, texts: list[str], labels: list[str], fi
         if (key, files[index]) in seen:
             problems.append(Problem(files[index], f"{line}: text", f"{quote(text)} repeats line "
                                     f"{seen[(key, files[index])]}", "remove the repeated line"))
-        seen.setdefault((key, files[index]), index + 1 - files.index(files[index]))
+        seen.setdefault((key, files[index]), lines[index])
     return problems

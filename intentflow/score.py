@@ -12,11 +12,10 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from intentflow.checkpoint import load_checkpoint
 from intentflow.evaluate import evaluate_model
 from intentflow.gate import overall_accuracy
 from intentflow.golden import load_golden
-from intentflow.inference import Classifier, build_model
+from intentflow.inference import Classifier
 from intentflow.registry import Registry
 
 
@@ -46,13 +45,10 @@ def score_production(registry_root: str | Path, golden_folder: str | Path,
     version = registry.production()
     if version is None:
         return ProductionScore(now, None, note=f"no production version in {registry_root} yet")
-    held_out = load_checkpoint(version.held_out_checkpoint)
-    recorded = held_out.get("validation") or {}
+    held_out = Classifier.load(version.held_out_checkpoint)
+    recorded = held_out.payload.get("validation") or {}
     texts, labels = list(recorded.get("text", [])), list(recorded.get("label", []))
-    held_out_accuracy = None
-    if texts:
-        classifier = Classifier(*build_model(held_out), payload=held_out)
-        held_out_accuracy = evaluate_model(classifier, texts, labels).accuracy
+    held_out_accuracy = evaluate_model(held_out, texts, labels).accuracy if texts else None
     golden = load_golden(golden_folder, unknown_label=unknown_label)
     if golden is None:
         return ProductionScore(now, version.name, held_out_accuracy, len(texts),

@@ -184,3 +184,18 @@ def test_import_writes_only_inside_its_out_folder(tmp_path: Path) -> None:
     assert not (out / "pay_bill.json").is_symlink()
     assert (outside / "pay_bill.json").read_text(encoding="utf-8") == "not to be touched"
     assert f"wrote {len(written)} outcome files" in out_text
+
+
+def test_golden_set_problems_name_the_file_line_even_after_blank_lines(tmp_path, toy_folder):
+    from intentflow.errors import ValidationFailed
+    from intentflow.golden import load_golden
+    from intentflow.outcomes import load_outcomes
+
+    golden = tmp_path / "evaluation"
+    golden.mkdir()
+    (golden / "a.jsonl").write_text('{"text": "is it hot out", "label": "check_weather"}\n\n\n'
+                                    '{"text": "Wake me at seven", "label": "set_alarm"}\n', encoding="utf-8")
+    with pytest.raises(ValidationFailed) as info:
+        load_golden(golden, load_outcomes(toy_folder))
+    [problem] = info.value.problems
+    assert problem.field == "line 4: text" and problem.file.endswith("a.jsonl")

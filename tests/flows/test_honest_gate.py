@@ -60,8 +60,8 @@ def test_a_refit_production_keeps_the_held_out_model_it_was_judged_as(copied: di
     assert version.info["keeps_held_out"] is True and served["keeps_held_out"] is True
     assert validation <= originals(served)  # the served model learnt them
     assert not validation & originals(judged)  # the judged one never did, and its figure is the version's
-    classifier = Classifier(*_model(judged), payload=judged)
-    accuracy = evaluate_model(classifier, served["validation"]["text"], served["validation"]["label"]).accuracy
+    accuracy = evaluate_model(Classifier.load(version.held_out_checkpoint), served["validation"]["text"],
+                              served["validation"]["label"]).accuracy
     assert accuracy == pytest.approx(version.info["val_accuracy"])
     assert served["metrics"]["val_accuracy"] == pytest.approx(version.info["val_accuracy"])
     assert version.info["val_accuracy"] < 0.95
@@ -200,12 +200,6 @@ def test_a_sentence_in_an_outcome_file_and_the_golden_set_is_a_validation_error(
     assert not (tmp_path / "registry").exists()
     assert main(["validate", "--outcomes", str(outcomes)]) == 1
     assert "a golden sentence must be one no model trains on" in capsys.readouterr().err
-
-
-def _model(payload: dict[str, Any]) -> tuple[Any, ...]:
-    from intentflow.inference import build_model
-
-    return build_model(payload)
 
 
 def test_the_nightly_check_scores_production_where_it_learnt_nothing(copied: dict[str, Any],
