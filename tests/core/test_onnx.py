@@ -118,7 +118,7 @@ def test_single_predictions_equal_the_batch(exported):
 def test_batches_larger_than_a_chunk_match(exported, monkeypatch):
     classifier = OnnxClassifier.load(exported)
     whole = classifier.predict_batch(SENTENCES)
-    monkeypatch.setattr("intentflow.onnx_export.PREDICT_CHUNK", 3)
+    monkeypatch.setattr("intentflow.onnx_serving.PREDICT_CHUNK", 3)
 
     assert_same_predictions(classifier.predict_batch(SENTENCES), whole)
 
