@@ -182,8 +182,7 @@ class Registry:
         """Write a complete version folder named ``name`` (from ``next_name``) and return it. Call under ``lock()``.
 
         ``held_out``: the payload of the held-out model the version was judged as, where it is not ``payload``."""
-        # Imported here: reading a registry (an ONNX Runtime server resolving production) must not load torch.
-        from intentflow.checkpoint import held_out_path, save_checkpoint
+        from intentflow.checkpoint import held_out_path
 
         self.clean_temporary()
         if (self.root / name).exists():
@@ -316,6 +315,14 @@ class Registry:
         except OSError as error:
             raise IntentflowError(f"{failure}: {error.strerror or error} (fix: free disk space or check "
                                   f"permissions; {state})") from None
+
+
+def save_checkpoint(payload: dict[str, Any], path: Path) -> Path:
+    """``intentflow.checkpoint.save_checkpoint``, imported when a version is written: reading a registry (an ONNX
+    Runtime server resolving production) must not load torch, which that module needs."""
+    from intentflow.checkpoint import save_checkpoint as save
+
+    return save(payload, path)
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
