@@ -33,7 +33,7 @@ from intentflow.train import train_model
 CLINC_TEST = ROOT.parent / "shared" / "benchmarks" / "clinc150" / "test.jsonl"
 # Per model kind: single predict calls timed, and sentences per timed batch (an embeddings model is ~1,000x slower).
 CALLS = {"bow": 5000, "embeddings": 1000}
-SENTENCES = {"bow": 100_000, "embeddings": 4000}
+SENTENCES = {"bow": 100_000, "embeddings": 2000}
 
 
 def latency(predict, texts: list[str], calls: int) -> tuple[float, float]:
@@ -111,7 +111,10 @@ def main() -> None:
     parser.add_argument("--checkpoint", type=Path, action="append", default=[],
                         help="a checkpoint to measure instead of the two trained defaults (repeat for more)")
     parser.add_argument("--threads", type=int, default=2, help="torch and ONNX Runtime threads")
+    parser.add_argument("--embeddings-calls", type=int, default=CALLS["embeddings"])
+    parser.add_argument("--embeddings-sentences", type=int, default=SENTENCES["embeddings"])
     args = parser.parse_args()
+    CALLS["embeddings"], SENTENCES["embeddings"] = args.embeddings_calls, args.embeddings_sentences
     torch.set_num_threads(args.threads)
     texts = sentences()
     started, load = stamp(), os.getloadavg()
