@@ -246,10 +246,14 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_export_onnx(args: argparse.Namespace) -> int:
-    from intentflow.onnx_export import export_onnx, metadata_path
+    from intentflow.onnx_export import export_onnx, metadata_path, tokenizer_path
 
-    path = export_onnx(args.checkpoint, args.out)
-    print(f"wrote {path} and {metadata_path(path)} (vocabulary, labels and n-gram size for featurizing)")
+    path = export_onnx(args.checkpoint, args.out, int8=args.int8)
+    if json.loads(metadata_path(path).read_text(encoding="utf-8")).get("kind") == "embeddings":
+        print(f"wrote {path}, {tokenizer_path(path)} (the encoder's tokenizer) and {metadata_path(path)} (labels "
+              "and out-of-scope threshold)")
+    else:
+        print(f"wrote {path} and {metadata_path(path)} (vocabulary, labels and n-gram size for featurizing)")
     return 0
 
 
@@ -492,9 +496,13 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("texts", nargs="*", help="sentences (default: one per line on standard input)")
     predict.set_defaults(handler=cmd_predict)
 
-    export_onnx = commands.add_parser("export-onnx", help="write a checkpoint as ONNX plus the JSON inference needs")
+    export_onnx = commands.add_parser("export-onnx", help="write a checkpoint as ONNX plus the files inference needs")
     export_onnx.add_argument("--checkpoint", type=Path, required=True, help="checkpoint file or registry folder")
-    export_onnx.add_argument("--out", type=Path, required=True, help="ONNX file to write; OUT.json goes beside it")
+    export_onnx.add_argument("--out", type=Path, required=True,
+                             help="ONNX file to write; OUT.json (and an embeddings model's tokenizer) beside it")
+    export_onnx.add_argument("--int8", action="store_true",
+                             help="an embeddings model's encoder with 8-bit integer weights: faster on CPUs, "
+                                  "answers a little apart (benchmarks/RESULTS.md)")
     export_onnx.set_defaults(handler=cmd_export_onnx)
 
     outcomes = commands.add_parser("outcomes", help="work with outcome files")

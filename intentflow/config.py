@@ -103,7 +103,8 @@ class GateConfig(_Strict):
 
 
 class PublishConfig(_Strict):
-    onnx: bool = Field(False, description="Also write <version>.onnx and its .json into each published version")
+    onnx: bool = Field(False, description="Also write <version>.onnx and the files beside it that serving needs into "
+                                            "each published version")
 
 
 class IncrementalConfig(_Strict):

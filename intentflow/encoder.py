@@ -11,7 +11,8 @@ import logging
 import os
 import random
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -158,27 +159,14 @@ class SentenceEncoder:
         return vectors.astype(np.float32, copy=False)
 
     def _run_layers(self, texts: list[str]) -> np.ndarray:
-        """The sentence vector and the mean of each of ``layers``' token states, each of unit length, side by side
-        and scaled so the whole is of unit length. Longest first, as sentence-transformers batches, so a batch's
-        sentences are padded to about the same length."""
-        config = self.model[0].auto_model.config
+        """``layer_vectors`` of ``texts``. Longest first, as sentence-transformers batches, so a batch's sentences
+        are padded to about the same length."""
         order = sorted(range(len(texts)), key=lambda index: -len(texts[index]))
         chunks = []
-        shown = config.output_hidden_states
-        config.output_hidden_states = True  # sentence-transformers then returns every layer's token states
-        try:
-            with torch.inference_mode():
-                for start in range(0, len(texts), ENCODE_BATCH):
-                    features = self._features([texts[index] for index in order[start:start + ENCODE_BATCH]])
-                    out = self.model(features)
-                    mask = features["attention_mask"].unsqueeze(-1).to(out["sentence_embedding"].dtype)
-                    pooled = [out["sentence_embedding"]] + [
-                        (out["all_layer_embeddings"][layer] * mask).sum(1) / mask.sum(1).clamp(min=1)
-                        for layer in self.layers]
-                    parts = [F.normalize(part.float(), dim=-1) for part in pooled]
-                    chunks.append(torch.cat(parts, dim=1).div_(len(parts) ** 0.5).cpu())
-        finally:
-            config.output_hidden_states = shown
+        with all_layer_states(self.model), torch.inference_mode():
+            for start in range(0, len(texts), ENCODE_BATCH):
+                features = self._features([texts[index] for index in order[start:start + ENCODE_BATCH]])
+                chunks.append(layer_vectors(self.model, features, self.layers).cpu())
         vectors = np.empty((len(texts), self.dimension), dtype=np.float32)
         vectors[order] = torch.cat(chunks).numpy()
         return vectors
@@ -288,6 +276,30 @@ class SentenceEncoder:
         """The encoder's weights in half precision, for a checkpoint (a fine-tuned encoder only)."""
         return {key: value.detach().cpu().half() if value.is_floating_point() else value.detach().cpu()
                 for key, value in self.model.state_dict().items()}
+
+
+@contextmanager
+def all_layer_states(model: Any) -> Iterator[None]:
+    """Inside, a sentence-transformers ``model`` also returns every layer's token states (``all_layer_embeddings``)."""
+    config = model[0].auto_model.config
+    shown = config.output_hidden_states
+    config.output_hidden_states = True
+    try:
+        yield
+    finally:
+        config.output_hidden_states = shown
+
+
+def layer_vectors(model: Any, features: dict[str, Any], layers: Sequence[int]) -> torch.Tensor:
+    """The sentence vector and the mean of each of ``layers``' token states (inside ``all_layer_states``), each of
+    unit length, side by side and scaled so the whole is of unit length. The ONNX export traces this same function,
+    so what ONNX Runtime serves cannot drift from it."""
+    out = model(features)
+    mask = features["attention_mask"].unsqueeze(-1).to(out["sentence_embedding"].dtype)
+    pooled = [out["sentence_embedding"]] + [
+        (out["all_layer_embeddings"][layer] * mask).sum(1) / mask.sum(1).clamp(min=1) for layer in layers]
+    parts = [F.normalize(part.float(), dim=-1) for part in pooled]
+    return torch.cat(parts, dim=1) / len(parts) ** 0.5
 
 
 def _check_layers(model: Any, name: str, layers: Sequence[int]) -> tuple[tuple[int, ...], int]:

@@ -76,13 +76,7 @@ def run_fewshot(data: str | Path, featurizer: str, seed: int, shots: int | None 
     with tempfile.TemporaryDirectory(prefix="intentflow-fewshot-") as temp:
         work = Path(temp)
         started = time.perf_counter()
-        per_label = ["--per-label", str(shots)] if shots is not None else []
-        _intentflow("outcomes", "import", str(data / "train.jsonl"), "--out", str(work / "outcomes"), *per_label,
-                    "--seed", str(seed))
-        train_started = time.perf_counter()
-        _intentflow("retrain", "--outcomes", str(work / "outcomes"), "--registry", str(work / "registry"),
-                    "--featurizer", featurizer, "--threshold", "0", *extra_args)
-        train_seconds = time.perf_counter() - train_started
+        train_seconds = train_fewshot(data, featurizer, seed, shots, work, extra_args)
         scored = work / f"{scored_on}-and-oos.jsonl"
         lines = (data / f"{scored_on}.jsonl").read_text(encoding="utf-8").splitlines()
         if (data / f"oos_{scored_on}.jsonl").is_file():
@@ -94,6 +88,20 @@ def run_fewshot(data: str | Path, featurizer: str, seed: int, shots: int | None 
     return FewshotRun(featurizer, seed, shots or 0, report["accuracy"], report["accuracy_without_oos"],
                       report["oos_recall"], report["oos_threshold"], round(seconds, 1), round(train_seconds, 1),
                       report["samples"], report["oos_samples"])
+
+
+def train_fewshot(data: str | Path, featurizer: str, seed: int, shots: int | None, work: str | Path,
+                  extra_args: Sequence[str] = ()) -> float:
+    """The protocol's import and retrain: ``work/outcomes`` from ``shots`` rows per intent of train.jsonl (None: all),
+    and the model in the registry ``work/registry``; the retrain command's seconds."""
+    work = Path(work)
+    per_label = ["--per-label", str(shots)] if shots is not None else []
+    _intentflow("outcomes", "import", str(Path(data) / "train.jsonl"), "--out", str(work / "outcomes"), *per_label,
+                "--seed", str(seed))
+    started = time.perf_counter()
+    _intentflow("retrain", "--outcomes", str(work / "outcomes"), "--registry", str(work / "registry"),
+                "--featurizer", featurizer, "--threshold", "0", *extra_args)
+    return time.perf_counter() - started
 
 
 def _intentflow(*args: str) -> str:

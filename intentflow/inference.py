@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from itertools import repeat
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -15,6 +15,7 @@ from intentflow.checkpoint import load_checkpoint
 from intentflow.errors import IntentflowError
 from intentflow.features import Vocabulary
 from intentflow.model import IntentMLP
+from intentflow.prediction import Prediction
 
 if TYPE_CHECKING:
     from intentflow.encoder import SentenceEncoder
@@ -23,11 +24,6 @@ if TYPE_CHECKING:
 PRECISIONS = ("float32", "bfloat16")
 # Sentences per forward pass in batch prediction; bounds memory for very large inputs.
 PREDICT_CHUNK = 2048
-
-
-class Prediction(NamedTuple):
-    label: str
-    confidence: float
 
 
 def build_model(payload: dict[str, Any]) -> tuple[IntentMLP, Vocabulary, list[str]]:

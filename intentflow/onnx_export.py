@@ -1,21 +1,24 @@
-"""ONNX export of a checkpoint, and ``OnnxClassifier``: the same predictions from ONNX Runtime.
+"""ONNX export of a checkpoint, for ``intentflow.onnx_serving.OnnxClassifier``: the same predictions from ONNX Runtime.
 
-An export is two files: ``model.onnx`` (indices and weights in, softmax probabilities out) and
-``model.onnx.json`` beside it, with the vocabulary, labels and n-gram size that turn text into those
-inputs. Text is featurized by ``Vocabulary.encode``, the code PyTorch inference uses, so the two
-paths cannot drift apart.
+A bag-of-words export is ``model.onnx`` (indices and weights in, softmax probabilities out) and ``model.onnx.json``
+beside it, with the vocabulary, labels and n-gram size that turn text into those inputs. An embeddings export is
+``model.onnx`` (token ids and attention mask in: the fine-tuned encoder, its pooling and layer means, the merged
+head, softmax out), ``model.tokenizer.json`` (the encoder's tokenizer, for the ``tokenizers`` library) and
+``model.onnx.json`` (labels, threshold, tokenizer's hash). Each graph is traced from the code PyTorch inference
+runs and checked against it before it is written.
 """
 
 from __future__ import annotations
 
 import hashlib
-import importlib
 import io
 import json
+import logging
+import tempfile
 import warnings
-from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -23,20 +26,53 @@ from torch import nn
 
 from intentflow import __version__
 from intentflow.checkpoint import load_checkpoint
-from intentflow.errors import IntentflowError, display_path
+from intentflow.errors import IntentflowError
 from intentflow.features import _TOKEN, Vocabulary
-from intentflow.fileio import write_bytes, write_json
-from intentflow.inference import Prediction, build_model
+from intentflow.fileio import write_bytes, write_text
+from intentflow.inference import Classifier, build_encoder, build_model
 from intentflow.model import IntentMLP
+from intentflow.onnx_serving import (  # noqa: F401 - OnnxClassifier re-exported: its home before onnx_serving
+    BOW_FORMAT_VERSION,
+    FORMAT,
+    FORMAT_VERSION,
+    INPUTS,
+    OUTPUT,
+    TOKEN_INPUTS,
+    OnnxClassifier,
+    metadata_path,
+    require,
+    tokenizer_path,
+)
 
-FORMAT = "intentflow-onnx"
-FORMAT_VERSION = 1
+if TYPE_CHECKING:
+    from intentflow.encoder import SentenceEncoder
+
 OPSET = 17
-INPUTS = ("indices", "weights")
-OUTPUT = "probabilities"
-# Sentences per ONNX Runtime call: the graph materialises [rows, width, hidden] floats, so chunks stay small.
-PREDICT_CHUNK = 512
-INSTALL_HINT = "pip install 'intentflow[onnx]'"
+# Probabilities of the exported graph against PyTorch's on sample sentences; export refuses a graph further apart.
+EXPORT_TOLERANCE = 1e-5
+# Under --int8 only the encoder's nodes (named by _EmbeddingsGraph's attribute) are quantized: the encoder is where
+# the time goes, and the merged head is small.
+ENCODER_SCOPE = "/encoder/"
+
+
+@dataclass(frozen=True)
+class OnnxExport:
+    """An exported model: the graph's bytes, the metadata of its ``.json`` and (embeddings) the tokenizer's JSON."""
+
+    model: bytes
+    metadata: dict[str, Any]
+    tokenizer: str | None = None
+
+    def files(self, model_name: str) -> dict[str, str | bytes]:
+        """File name -> content for a model file called ``model_name``, the ``.json`` last (it names the others)."""
+        model = Path(model_name)
+        files: dict[str, str | bytes] = {model.name: self.model}
+        metadata = self.metadata
+        if self.tokenizer is not None:
+            files[tokenizer_path(model).name] = self.tokenizer
+            metadata = {**metadata, "tokenizer": {"file": tokenizer_path(model).name, **metadata["tokenizer"]}}
+        files[metadata_path(model).name] = json.dumps(metadata, indent=2, ensure_ascii=False) + "\n"
+        return files
 
 
 class _ExportGraph(nn.Module):
@@ -60,37 +96,43 @@ class _ExportGraph(nn.Module):
         return torch.softmax(model.output(hidden), dim=1)
 
 
-def export_payload(payload: dict[str, Any]) -> tuple[bytes, dict[str, Any]]:
-    """The ONNX model of a loaded checkpoint as bytes, and the metadata its ``.json`` holds."""
+class _EmbeddingsGraph(nn.Module):
+    """Token ids and attention mask -> softmax over labels: ``layer_vectors`` (the function the PyTorch encoder
+    runs) of the fine-tuned encoder, then the merged head. Dropout is the identity at inference."""
+
+    def __init__(self, encoder: SentenceEncoder, head: IntentMLP, token_types: bool):
+        super().__init__()
+        self.encoder = encoder.model
+        self.layers = encoder.layers
+        self.head = head
+        self.token_types = token_types
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        from intentflow.encoder import layer_vectors
+
+        features = {"input_ids": input_ids, "attention_mask": attention_mask}
+        if self.token_types:  # one sentence a row: every token of type 0, as the tokenizer gives
+            features["token_type_ids"] = torch.zeros_like(input_ids)
+        return torch.softmax(self.head(layer_vectors(self.encoder, features, self.layers)), dim=1)
+
+
+def export_payload(payload: dict[str, Any], int8: bool = False) -> OnnxExport:
+    """The ONNX model of a loaded checkpoint. ``int8``: an embeddings model's encoder quantized to 8-bit integer
+    weights (ONNX Runtime's dynamic quantization)."""
     require_exporter()
-    if payload["config"].get("featurizer", "bow") != "bow":
-        raise IntentflowError("ONNX export covers bag-of-words models; this one reads sentence embeddings, whose "
-                              "encoder is not exported (fix: serve it with intentflow.inference.Classifier, or train "
-                              "with featurizer = \"bow\" to export)")
+    if payload["config"].get("featurizer", "bow") == "embeddings":
+        return _export_embeddings(payload, int8)
+    if int8:
+        raise IntentflowError("int8 quantizes an embeddings model's sentence encoder; this checkpoint is a "
+                              "bag-of-words model, which has none (fix: export it without --int8)")
     model, vocab, labels = build_model(payload)
     graph = _ExportGraph(model).eval()
     _check_same_function(model, graph, vocab, payload)
-    sample = vocab.encode(["", *vocab.features[:2]])
-    buffer = io.BytesIO()
-    with warnings.catch_warnings():
-        # The TorchScript exporter is deprecated in favour of the dynamo one, but it still exports this graph,
-        # needs only the onnx package (the dynamo one also needs onnxscript) and prints nothing.
-        warnings.simplefilter("ignore", DeprecationWarning)
-        try:
-            torch.onnx.export(graph, sample, buffer, dynamo=False, opset_version=OPSET, input_names=list(INPUTS),
-                              output_names=[OUTPUT], dynamic_axes={
-                                  INPUTS[0]: {0: "batch", 1: "width"},
-                                  INPUTS[1]: {0: "batch", 1: "width"},
-                                  OUTPUT: {0: "batch"},
-                              })
-        except Exception as error:  # noqa: BLE001 - the exporter raises many types
-            first = str(error).splitlines()[0] if str(error) else type(error).__name__
-            raise IntentflowError(f"ONNX export failed: {first} (fix: check the installed onnx and torch "
-                                  f"versions against constraints.txt)") from None
-    model_bytes = buffer.getvalue()
+    model_bytes = _export_graph(graph, vocab.encode(["", *vocab.features[:2]]), INPUTS, "width")
     metadata = {
         "format": FORMAT,
-        "format_version": FORMAT_VERSION,
+        "format_version": BOW_FORMAT_VERSION,
+        "kind": "bow",
         "sha256": hashlib.sha256(model_bytes).hexdigest(),
         "inputs": {INPUTS[0]: "int64 [batch, width]", INPUTS[1]: "float32 [batch, width]"},
         "output": {OUTPUT: "float32 [batch, labels], softmax"},
@@ -103,121 +145,179 @@ def export_payload(payload: dict[str, Any]) -> tuple[bytes, dict[str, Any]]:
                        "features": "words, then runs of up to word_ngrams words joined by a space, then (char_ngrams "
                                    "> 0) '#' + each run of 2 to char_ngrams characters of '<word>'"},
         "vocab": vocab.features,
+        **_common_metadata(payload),
+    }
+    return OnnxExport(model_bytes, metadata)
+
+
+def _export_embeddings(payload: dict[str, Any], int8: bool) -> OnnxExport:
+    from intentflow.encoder import all_layer_states
+
+    head, vocab, labels = build_model(payload)
+    encoder = build_encoder(payload)
+    tokenizer, max_tokens = _serving_tokenizer(encoder)
+    graph = _EmbeddingsGraph(encoder, head, "token_type_ids" in encoder._features([""])).eval()
+    texts = ["", "wake me up at seven", *list(payload.get("validation", {}).get("text", []))[:64],
+             " ".join(["a long sentence, cut where the encoder stops reading"] * 60)]
+    inputs = _token_inputs(tokenizer, texts)
+    with all_layer_states(encoder.model):
+        with torch.inference_mode():
+            expected = Classifier(head, vocab, labels, payload, encoder=encoder).probabilities(texts)
+            traced = graph(*inputs)
+        # Compared with the classifier's own tokenizing and batching, so the tokenizer file is checked too.
+        if not torch.allclose(expected, traced, rtol=0.0, atol=EXPORT_TOLERANCE):
+            raise RuntimeError("intentflow.onnx_export._EmbeddingsGraph no longer computes what Classifier does for "
+                               "an embeddings model; update it to match intentflow/encoder.py and inference.py")
+        # Traced on two sentences of different lengths, so the graph keeps the attention mask's padding path.
+        model_bytes = _export_graph(graph, _token_inputs(tokenizer, texts[1:3]), TOKEN_INPUTS, "tokens")
+    _check_runtime(model_bytes, inputs, expected.numpy())
+    if int8:
+        model_bytes = _quantize(model_bytes)
+    tokenizer_json = tokenizer.to_str()
+    entry = payload["encoder"]
+    metadata = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "kind": "embeddings",
+        "sha256": hashlib.sha256(model_bytes).hexdigest(),
+        "precision": "int8" if int8 else "float32",
+        "inputs": {TOKEN_INPUTS[0]: "int64 [batch, tokens]: the tokenizer's ids, padded with 0",
+                   TOKEN_INPUTS[1]: "int64 [batch, tokens]: 1 for a token, 0 for padding"},
+        "output": {OUTPUT: "float32 [batch, labels], softmax"},
+        "labels": list(labels),
+        "encoder": {"model": entry["model"], "layers": list(entry.get("layers", [])),
+                    "tuned": bool(entry.get("tuned"))},
+        # The tokenizer file beside the model (its name is added when the files are named): ids as the encoder
+        # was trained on, sentences cut at max_tokens.
+        "tokenizer": {"sha256": hashlib.sha256(tokenizer_json.encode("utf-8")).hexdigest(), "max_tokens": max_tokens},
+        **_common_metadata(payload),
+    }
+    return OnnxExport(model_bytes, metadata, tokenizer_json)
+
+
+def _common_metadata(payload: dict[str, Any]) -> dict[str, Any]:
+    return {
         # Answers less confident than threshold are label (threshold null: never); OnnxClassifier applies it.
         "oos": payload.get("oos") or {"threshold": None, "label": "unknown"},
         "outcome_hash": payload.get("outcome_hash"),
         "checkpoint_created_at": payload.get("created_at"),
         "intentflow_version": __version__,
     }
-    return model_bytes, metadata
 
 
-def onnx_files(payload: dict[str, Any], stem: str) -> dict[str, str | bytes]:
-    """``{stem}.onnx`` and ``{stem}.onnx.json`` as file name -> content, for a registry version folder."""
-    model_bytes, metadata = export_payload(payload)
-    return {f"{stem}.onnx": model_bytes,
-            f"{stem}.onnx.json": json.dumps(metadata, indent=2, ensure_ascii=False) + "\n"}
+def _export_graph(graph: nn.Module, sample: tuple[torch.Tensor, ...], inputs: tuple[str, str], width: str) -> bytes:
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        # The TorchScript exporter is deprecated in favour of the dynamo one, but it still exports these graphs and
+        # needs only the onnx package (the dynamo one also needs onnxscript); its tracer warns about the transformer's
+        # shape checks, which hold for every input the tokenizer gives, and would print on every publish.
+        warnings.simplefilter("ignore")
+        try:
+            torch.onnx.export(graph, sample, buffer, dynamo=False, opset_version=OPSET, input_names=list(inputs),
+                              output_names=[OUTPUT], dynamic_axes={
+                                  inputs[0]: {0: "batch", 1: width},
+                                  inputs[1]: {0: "batch", 1: width},
+                                  OUTPUT: {0: "batch"},
+                              })
+        except Exception as error:  # noqa: BLE001 - the exporter raises many types
+            first = str(error).splitlines()[0] if str(error) else type(error).__name__
+            raise IntentflowError(f"ONNX export failed: {first} (fix: check the installed onnx and torch "
+                                  f"versions against constraints.txt)") from None
+    return buffer.getvalue()
 
 
-def export_onnx(checkpoint_path: str | Path, out_path: str | Path) -> Path:
-    """Export a checkpoint (or a registry folder's production version) to ``out_path`` and ``out_path.json``."""
+def _serving_tokenizer(encoder: SentenceEncoder) -> tuple[Any, int]:
+    """The encoder's tokenizer as a ``tokenizers.Tokenizer`` that cuts at the encoder's longest input and never
+    pads, and that length."""
+    tokenizers = require("tokenizers", "ONNX export of an embeddings model")
+    backend = getattr(encoder.model[0].tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        raise IntentflowError(f"sentence encoder {encoder.name!r} has no tokenizer that the tokenizers library "
+                              "loads, so ONNX Runtime could not turn text into its inputs (fix: serve this model "
+                              "with intentflow.inference.Classifier, or train with an encoder that has a "
+                              "tokenizer.json)")
+    max_tokens = encoder.model.max_seq_length or encoder.model[0].auto_model.config.max_position_embeddings
+    tokenizer = tokenizers.Tokenizer.from_str(backend.to_str())
+    tokenizer.no_padding()
+    tokenizer.enable_truncation(int(max_tokens))
+    return tokenizer, int(max_tokens)
+
+
+def _token_inputs(tokenizer: Any, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token ids and attention mask of ``texts``, padded to the longest."""
+    tokens = [encoding.ids for encoding in tokenizer.encode_batch(texts)]
+    ids = torch.zeros((len(tokens), max(map(len, tokens))), dtype=torch.int64)
+    mask = torch.zeros_like(ids)
+    for row, sentence in enumerate(tokens):
+        ids[row, :len(sentence)] = torch.tensor(sentence)
+        mask[row, :len(sentence)] = 1
+    return ids, mask
+
+
+def _check_runtime(model_bytes: bytes, inputs: tuple[torch.Tensor, ...], expected: np.ndarray) -> None:
+    """The exported graph run by ONNX Runtime, where it is installed, against PyTorch: tracing freezes Python
+    branches of the transformer's code, and one taken for another shape of input would show here."""
+    try:
+        import onnxruntime
+    except ImportError:
+        return
+    session = onnxruntime.InferenceSession(model_bytes, providers=["CPUExecutionProvider"])
+    got = session.run([OUTPUT], {name: tensor.numpy() for name, tensor in zip(TOKEN_INPUTS, inputs, strict=True)})[0]
+    if not np.allclose(got, expected, rtol=0.0, atol=EXPORT_TOLERANCE):
+        raise RuntimeError(f"the exported embeddings graph gives probabilities {np.abs(got - expected).max():.2e} away "
+                           "from PyTorch's on ONNX Runtime; the tracer kept a branch that does not hold for every "
+                           "input (see intentflow/onnx_export.py)")
+
+
+def _quantize(model_bytes: bytes) -> bytes:
+    """The encoder's matrix products by weights with 8-bit integer weights, activations quantized per call (dynamic).
+    The head (small) and the attention's products of two activations stay float32."""
+    require("onnxruntime", "int8 quantization")
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    encoder = [node.name for node in onnx.load_from_string(model_bytes).graph.node
+               if node.op_type == "MatMul" and node.name.startswith(ENCODER_SCOPE)]
+    # The quantizer advises pre-processing on the root logger; its symbolic shape inference fails on this graph.
+    advice = _Without("Please consider to run pre-processing")
+    logging.getLogger().addFilter(advice)
+    try:
+        with tempfile.TemporaryDirectory(prefix="intentflow-int8-") as folder:
+            source, target = Path(folder) / "float32.onnx", Path(folder) / "int8.onnx"
+            source.write_bytes(model_bytes)
+            quantize_dynamic(source, target, weight_type=QuantType.QInt8, nodes_to_quantize=encoder,
+                             extra_options={"MatMulConstBOnly": True})
+            return target.read_bytes()
+    finally:
+        logging.getLogger().removeFilter(advice)
+
+
+class _Without(logging.Filter):
+    def __init__(self, prefix: str):
+        super().__init__()
+        self.prefix = prefix
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(self.prefix)
+
+
+def onnx_files(payload: dict[str, Any], stem: str, int8: bool = False) -> dict[str, str | bytes]:
+    """``{stem}.onnx``, ``{stem}.onnx.json`` and (embeddings) ``{stem}.tokenizer.json`` as file name -> content, for
+    a registry version folder."""
+    return export_payload(payload, int8).files(f"{stem}.onnx")
+
+
+def export_onnx(checkpoint_path: str | Path, out_path: str | Path, int8: bool = False) -> Path:
+    """Export a checkpoint (or a registry folder's production version) to ``out_path``, with ``out_path.json`` and
+    (embeddings) the tokenizer beside it."""
     from intentflow.registry import resolve_checkpoint
 
     out_path = Path(out_path)
-    model_bytes, metadata = export_payload(load_checkpoint(resolve_checkpoint(checkpoint_path)))
-    # The model first: a crash between the two leaves a .json whose hash the new model does not match.
-    write_bytes(out_path, model_bytes)
-    write_json(metadata_path(out_path), metadata)
+    files = export_payload(load_checkpoint(resolve_checkpoint(checkpoint_path)), int8).files(out_path.name)
+    # The .json last: a crash before it leaves a .json whose hashes the new model and tokenizer do not match.
+    for name, content in files.items():
+        (write_bytes if isinstance(content, bytes) else write_text)(out_path.with_name(name), content)
     return out_path
-
-
-def metadata_path(path: Path) -> Path:
-    return path.with_name(path.name + ".json")
-
-
-class OnnxClassifier:
-    """An exported model run by ONNX Runtime: ``predict(text)`` and ``predict_batch(texts)``, as ``Classifier``."""
-
-    def __init__(self, session: Any, vocab: Vocabulary, labels: list[str], metadata: dict[str, Any]):
-        self.session = session
-        self.vocab = vocab
-        self.labels = labels
-        self.metadata = metadata
-
-    @classmethod
-    def load(cls, path: str | Path, threads: int | None = None) -> OnnxClassifier:
-        """Load ``model.onnx`` (with ``model.onnx.json`` beside it), or a registry folder's production version.
-
-        ``threads`` caps ONNX Runtime's threads per call (default: its own choice, one per core).
-        """
-        onnxruntime = _require("onnxruntime", "ONNX inference")
-        path = _resolve_model(Path(path))
-        shown = display_path(path)
-        if not path.is_file():
-            raise IntentflowError(f"ONNX model {shown} does not exist "
-                                  "(fix: write one with `intentflow export-onnx --checkpoint PATH --out FILE`)")
-        metadata = _read_metadata(path)
-        model_bytes = path.read_bytes()
-        if hashlib.sha256(model_bytes).hexdigest() != metadata.get("sha256"):
-            raise IntentflowError(f"ONNX model {shown} does not match {display_path(metadata_path(path))} "
-                                  "(fix: export both again with `intentflow export-onnx`)")
-        options = onnxruntime.SessionOptions()
-        if threads is not None:
-            options.intra_op_num_threads = threads
-            options.inter_op_num_threads = 1
-        try:
-            session = onnxruntime.InferenceSession(model_bytes, sess_options=options,
-                                                   providers=["CPUExecutionProvider"])
-        except Exception as error:  # noqa: BLE001 - onnxruntime raises its own exception types
-            first = str(error).splitlines()[0] if str(error) else type(error).__name__
-            raise IntentflowError(f"ONNX model {shown} cannot be loaded: {first} "
-                                  "(fix: export it again with `intentflow export-onnx`)") from None
-        vocab = Vocabulary(metadata["vocab"], word_ngrams=int(metadata["word_ngrams"]),
-                           char_ngrams=int(metadata.get("char_ngrams", 0)))
-        return cls(session, vocab, list(metadata["labels"]), metadata)
-
-    def probabilities(self, texts: Sequence[str]) -> np.ndarray:
-        """Softmax over labels, one row per text.
-
-        The graph's work is a chunk's rows times its longest bag, so chunks are made of sentences of similar bag
-        length (the batch ordered by it) and each is padded to its own longest: padding was over 40% of the work
-        when chunks came in the batch's order (benchmarks/RESULTS.md).
-        """
-        if len(texts) == 1:  # one sentence (predict): the vocabulary's one-sentence path, no sort or scatter
-            indices, weights = self.vocab.encode(list(texts))
-            return self.session.run([OUTPUT], {INPUTS[0]: indices.numpy(), INPUTS[1]: weights.numpy()})[0]
-        probabilities = np.zeros((len(texts), len(self.labels)), dtype=np.float32)
-        if not texts:
-            return probabilities
-        flat_indices, flat_weights, lengths = (tensor.numpy() for tensor in self.vocab.encode_flat(list(texts)))
-        starts = np.cumsum(lengths) - lengths
-        order = np.argsort(lengths, kind="stable")
-        for first in range(0, len(order), PREDICT_CHUNK):
-            rows = order[first:first + PREDICT_CHUNK]
-            counts = lengths[rows]
-            # Row r's features go to columns 0 .. counts[r] - 1; the rest is index 0 at weight 0 (no feature).
-            row_of = np.repeat(np.arange(len(rows)), counts)
-            column = np.arange(len(row_of)) - np.repeat(np.cumsum(counts) - counts, counts)
-            source = np.repeat(starts[rows], counts) + column
-            indices = np.zeros((len(rows), max(int(counts.max()), 1)), dtype=np.int64)
-            weights = np.zeros(indices.shape, dtype=np.float32)
-            indices[row_of, column], weights[row_of, column] = flat_indices[source], flat_weights[source]
-            probabilities[rows] = self.session.run([OUTPUT], {INPUTS[0]: indices, INPUTS[1]: weights})[0]
-        return probabilities
-
-    def predict_batch(self, texts: Sequence[str]) -> list[Prediction]:
-        probabilities = self.probabilities(texts)
-        best = probabilities.argmax(axis=1)
-        confidence = probabilities[np.arange(len(best)), best]
-        oos = self.metadata.get("oos") or {}
-        threshold, unknown = oos.get("threshold"), oos.get("label", "unknown")
-        refused = set(oos.get("outcomes") or [])  # outcomes marked out of scope answer unknown too
-        return [Prediction(unknown if (threshold is not None and c < threshold) or self.labels[i] in refused
-                           else self.labels[i], c)
-                for i, c in zip(best.tolist(), confidence.tolist(), strict=True)]
-
-    def predict(self, text: str) -> Prediction:
-        return self.predict_batch([text])[0]
 
 
 def _check_same_function(model: IntentMLP, graph: _ExportGraph, vocab: Vocabulary, payload: dict[str, Any]) -> None:
@@ -232,64 +332,6 @@ def _check_same_function(model: IntentMLP, graph: _ExportGraph, vocab: Vocabular
                            "update it to match intentflow/model.py")
 
 
-def _resolve_model(path: Path) -> Path:
-    if not path.is_dir():
-        return path
-    from intentflow.registry import resolve_checkpoint
-
-    checkpoint = resolve_checkpoint(path)
-    model = checkpoint.with_suffix(".onnx")
-    if not model.is_file():
-        raise IntentflowError(f"production version {checkpoint.parent.name} of {display_path(path)} has no ONNX "
-                              f"model ({display_path(model)} is missing) (fix: set onnx = true under [publish] in "
-                              "config/training.toml for later versions, or `intentflow export-onnx --checkpoint "
-                              f"{display_path(path)} --out FILE`)")
-    return model
-
-
-def _read_metadata(path: Path) -> dict[str, Any]:
-    sidecar = metadata_path(path)
-    shown = display_path(sidecar)
-    try:
-        metadata = json.loads(sidecar.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise IntentflowError(f"{shown} is missing: an ONNX model needs its vocabulary and labels beside it "
-                              "(fix: export both with `intentflow export-onnx`)") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise IntentflowError(f"{shown} is unreadable or not JSON ({type(error).__name__}) "
-                              "(fix: export it again with `intentflow export-onnx`)") from None
-    if not isinstance(metadata, dict) or metadata.get("format") != FORMAT:
-        raise IntentflowError(f"{shown} is not intentflow ONNX metadata (fix: export with `intentflow export-onnx`)")
-    if not isinstance(metadata.get("format_version"), int) or metadata["format_version"] > FORMAT_VERSION:
-        raise IntentflowError(f"{shown} has format version {metadata.get('format_version')}, newer than this "
-                              f"intentflow ({FORMAT_VERSION}) (fix: upgrade intentflow)")
-    metadata.setdefault("char_ngrams", 0)  # exported before character n-grams
-    for key, kind in (("vocab", list), ("labels", list), ("word_ngrams", int), ("char_ngrams", int),
-                      ("sha256", str)):
-        if not isinstance(metadata.get(key), kind):
-            raise IntentflowError(f"{shown} lacks a valid '{key}' entry (fix: export it again with "
-                                  "`intentflow export-onnx`)")
-    if metadata.get("featurizer", {}).get("token_pattern") != _TOKEN.pattern:
-        # Featurizing with a tokenizer the model was not trained with would give quietly wrong answers.
-        raise IntentflowError(f"{shown} was exported by an intentflow that splits words differently "
-                              "(fix: export it again from its checkpoint with this version)")
-    oos = metadata.get("oos", {"threshold": None, "label": "unknown"})
-    threshold = oos.get("threshold") if isinstance(oos, dict) else "missing"
-    if not isinstance(oos, dict) or not isinstance(oos.get("label"), str) or not (
-            threshold is None or (isinstance(threshold, int | float) and not isinstance(threshold, bool))):
-        raise IntentflowError(f"{shown} has an invalid 'oos' entry: it needs a threshold (a number or null) and a "
-                              "label (fix: export it again with `intentflow export-onnx`)")
-    return metadata
-
-
 def require_exporter() -> None:
     """Refuse early, before training, when ONNX publishing is asked for but cannot run."""
-    _require("onnx", "ONNX export")
-
-
-def _require(module: str, purpose: str) -> Any:
-    try:
-        return importlib.import_module(module)
-    except ImportError:
-        raise IntentflowError(f"{purpose} needs the '{module}' package, which is not installed "
-                              f"(fix: {INSTALL_HINT})") from None
+    require("onnx", "ONNX export")

@@ -8,6 +8,7 @@ Layout of a registry folder (``artifacts/`` by default)::
         intent_model_v2026-11.heldout.pt  where the served model learnt the validation rows (a refit): the held-out
                                       model the gate judged, which later gates and incremental runs compare through
         intent_model_v2026-11.onnx    with [publish] onnx = true: the ONNX model, and .onnx.json beside it
+                                      (an embeddings model's tokenizer too: intent_model_v2026-11.tokenizer.json)
         version.json                  gate decision, accuracy, hashes; never changed after writing
         evaluation.json, report.md, release_notes.md
     production.json                   which version serves; replaced atomically
@@ -30,7 +31,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from intentflow.checkpoint import held_out_path, save_checkpoint
 from intentflow.errors import IntentflowError, display_path
 from intentflow.fileio import (
     TEMP_PREFIX,
@@ -65,6 +65,8 @@ class Version:
     def held_out_checkpoint(self) -> Path:
         """The checkpoint of the model this version was judged as: its held-out model where it keeps one apart
         from the model it serves, else the served model itself."""
+        from intentflow.checkpoint import held_out_path
+
         path = held_out_path(self.checkpoint)
         return path if path.is_file() else self.checkpoint
 
@@ -180,6 +182,8 @@ class Registry:
         """Write a complete version folder named ``name`` (from ``next_name``) and return it. Call under ``lock()``.
 
         ``held_out``: the payload of the held-out model the version was judged as, where it is not ``payload``."""
+        from intentflow.checkpoint import held_out_path
+
         self.clean_temporary()
         if (self.root / name).exists():
             raise IntentflowError(f"version {name} already exists in {display_path(self.root)}")
@@ -311,6 +315,14 @@ class Registry:
         except OSError as error:
             raise IntentflowError(f"{failure}: {error.strerror or error} (fix: free disk space or check "
                                   f"permissions; {state})") from None
+
+
+def save_checkpoint(payload: dict[str, Any], path: Path) -> Path:
+    """``intentflow.checkpoint.save_checkpoint``, imported when a version is written: reading a registry (an ONNX
+    Runtime server resolving production) must not load torch, which that module needs."""
+    from intentflow.checkpoint import save_checkpoint as save
+
+    return save(payload, path)
 
 
 def resolve_checkpoint(path: str | Path) -> Path:

@@ -13,7 +13,6 @@ from intentflow.checkpoint import build_payload, load_checkpoint, save_checkpoin
 from intentflow.encoder import SentenceEncoder
 from intentflow.errors import IntentflowError
 from intentflow.inference import Classifier
-from intentflow.onnx_export import export_payload
 from intentflow.split import Split
 from intentflow.train import refit_model, train_model
 
@@ -259,12 +258,6 @@ def test_missing_extra_names_the_install_command(monkeypatch):
 def test_an_unknown_encoder_is_named_in_the_error(tmp_path):
     with pytest.raises(IntentflowError, match="no-such-model.*embedding_model"):
         SentenceEncoder(str(tmp_path / "no-such-model"))
-
-
-def test_onnx_export_refuses_an_embeddings_model_and_says_why(embedded):
-    _, path = embedded
-    with pytest.raises(IntentflowError, match="bag-of-words"):
-        export_payload(load_checkpoint(path))
 
 
 def test_tampered_encoder_weights_are_refused(embedded, tmp_path):

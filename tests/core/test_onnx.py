@@ -118,7 +118,7 @@ def test_single_predictions_equal_the_batch(exported):
 def test_batches_larger_than_a_chunk_match(exported, monkeypatch):
     classifier = OnnxClassifier.load(exported)
     whole = classifier.predict_batch(SENTENCES)
-    monkeypatch.setattr("intentflow.onnx_export.PREDICT_CHUNK", 3)
+    monkeypatch.setattr("intentflow.onnx_serving.PREDICT_CHUNK", 3)
 
     assert_same_predictions(classifier.predict_batch(SENTENCES), whole)
 
@@ -261,3 +261,15 @@ def test_export_refuses_a_graph_that_drifted_from_the_model(checkpoint, tmp_path
     with pytest.raises(RuntimeError, match="no longer computes IntentMLP.forward"):
         export_onnx(checkpoint, tmp_path / "model.onnx")
     assert not (tmp_path / "model.onnx").exists()
+
+
+def test_an_export_from_before_embeddings_models_still_loads(exported, checkpoint, tmp_path):
+    model = tmp_path / "model.onnx"
+    model.write_bytes(exported.read_bytes())
+    metadata = json.loads(metadata_path(exported).read_text(encoding="utf-8"))
+    assert metadata["kind"] == "bow" and metadata["format_version"] == 1  # readable by an intentflow before kinds
+    del metadata["kind"]
+    metadata_path(model).write_text(json.dumps(metadata), encoding="utf-8")
+
+    assert_same_predictions(OnnxClassifier.load(model).predict_batch(SENTENCES),
+                            Classifier.load(checkpoint).predict_batch(SENTENCES))

@@ -71,3 +71,23 @@ def test_missing_onnx_package_fails_before_training(make_params: Callable[..., R
     assert state.is_failed()
     assert "pip install 'intentflow[onnx]'" in state.message
     assert not Registry(params.registry).versions()
+
+
+def test_an_embeddings_version_is_published_with_its_encoder_and_tokenizer(
+        make_params: Callable[..., RetrainParameters]) -> None:
+    params = make_params(onnx=True, featurizer="embeddings", finetune_epochs=1, embedding_heads=2, hidden_size=32,
+                         lr=0.01)
+
+    state = retrain(params, return_state=True)
+
+    assert state.is_completed(), state.message
+    registry = Registry(params.registry)
+    version = registry.production()
+    assert sorted(path.name for path in version.path.glob(f"{version.name}.*") if ".pt" not in path.name) == [
+        f"{version.name}.onnx", f"{version.name}.onnx.json", f"{version.name}.tokenizer.json"]
+    onnx = OnnxClassifier.load(registry.root)
+    assert onnx.kind == "embeddings"
+    reference = Classifier.load(registry.root).predict_batch(SENTENCES)
+    assert [p.label for p in onnx.predict_batch(SENTENCES)] == [p.label for p in reference]
+    assert [p.confidence for p in onnx.predict_batch(SENTENCES)] == pytest.approx(
+        [p.confidence for p in reference], abs=1e-4)
