@@ -28,7 +28,7 @@ from intentflow.onnx_export import require_exporter
 from intentflow.outcomes import OutcomeSet
 from intentflow.outcomes import load_outcomes as read_outcomes
 from intentflow.refit import HELD_OUT_ROLE, ServedModel, continue_served, refit_or_keep
-from intentflow.registry import Registry
+from intentflow.registry import Registry, open_registry
 from intentflow.report import release_notes
 from intentflow.split import Split
 from intentflow.train import TrainedModel
@@ -60,7 +60,8 @@ def _parameter_fields() -> dict[str, Any]:
         "evaluation": (str, Field("", description="Folder of the golden set (*.jsonl of labelled real utterances no "
                                   "model trains on); empty = the folder evaluation beside the outcomes folder; "
                                   "absent = none")),
-        "registry": (str, Field("artifacts", description="Model registry folder")),
+        "registry": (str, Field("artifacts", description="Model registry: a folder on the worker, or a URL "
+                                 "(s3://bucket/prefix) every machine reaches")),
         "config": (str, Field("", description="Settings file; empty = config/training.toml. The settings below "
                               "override it only where a run sets them")),
     }
@@ -191,7 +192,7 @@ def _retrain(params: RetrainParameters, logger: Any) -> State:
         logger.warning("%s", warning)
     golden = load_golden(str(golden_folder(params.outcomes, params.evaluation)), outcome_set,
                              settings.train.unknown_label)
-    registry = Registry(params.registry)
+    registry = open_registry(params.registry)
     config = {"prepare": settings.prepare.model_dump(), "train": settings.train.model_dump()}
     current = registry.up_to_date(outcome_set.content_hash, config)
     # The monthly run (and mode full) consolidates: production trained incrementally is retrained in full even when

@@ -28,6 +28,7 @@ from intentflow.features import _TOKEN, Vocabulary
 from intentflow.fileio import write_bytes, write_json
 from intentflow.inference import Prediction, build_model
 from intentflow.model import IntentMLP
+from intentflow.storage import Location, is_file, is_url, name_of, read_bytes, sibling
 
 FORMAT = "intentflow-onnx"
 FORMAT_VERSION = 1
@@ -131,8 +132,8 @@ def export_onnx(checkpoint_path: str | Path, out_path: str | Path) -> Path:
     return out_path
 
 
-def metadata_path(path: Path) -> Path:
-    return path.with_name(path.name + ".json")
+def metadata_path(path: Location) -> Location:
+    return sibling(path, name_of(path) + ".json")
 
 
 class OnnxClassifier:
@@ -151,13 +152,16 @@ class OnnxClassifier:
         ``threads`` caps ONNX Runtime's threads per call (default: its own choice, one per core).
         """
         onnxruntime = _require("onnxruntime", "ONNX inference")
-        path = _resolve_model(Path(path))
+        path = _resolve_model(path if is_url(path) else Path(path))
         shown = display_path(path)
-        if not path.is_file():
+        try:
+            model_bytes = read_bytes(path, "ONNX model") if is_url(path) or path.is_file() else None
+        except FileNotFoundError:
+            model_bytes = None
+        if model_bytes is None:
             raise IntentflowError(f"ONNX model {shown} does not exist "
                                   "(fix: write one with `intentflow export-onnx --checkpoint PATH --out FILE`)")
         metadata = _read_metadata(path)
-        model_bytes = path.read_bytes()
         if hashlib.sha256(model_bytes).hexdigest() != metadata.get("sha256"):
             raise IntentflowError(f"ONNX model {shown} does not match {display_path(metadata_path(path))} "
                                   "(fix: export both again with `intentflow export-onnx`)")
@@ -232,26 +236,27 @@ def _check_same_function(model: IntentMLP, graph: _ExportGraph, vocab: Vocabular
                            "update it to match intentflow/model.py")
 
 
-def _resolve_model(path: Path) -> Path:
-    if not path.is_dir():
+def _resolve_model(path: Location) -> Location:
+    if (is_url(path) and str(path).endswith(".onnx")) or (not is_url(path) and not Path(path).is_dir()):
         return path
     from intentflow.registry import resolve_checkpoint
 
     checkpoint = resolve_checkpoint(path)
-    model = checkpoint.with_suffix(".onnx")
-    if not model.is_file():
-        raise IntentflowError(f"production version {checkpoint.parent.name} of {display_path(path)} has no ONNX "
+    model = sibling(checkpoint, name_of(checkpoint).removesuffix(".pt") + ".onnx")
+    if not is_file(model):
+        version = name_of(checkpoint).removesuffix(".pt")
+        raise IntentflowError(f"production version {version} of {display_path(path)} has no ONNX "
                               f"model ({display_path(model)} is missing) (fix: set onnx = true under [publish] in "
                               "config/training.toml for later versions, or `intentflow export-onnx --checkpoint "
                               f"{display_path(path)} --out FILE`)")
     return model
 
 
-def _read_metadata(path: Path) -> dict[str, Any]:
+def _read_metadata(path: Location) -> dict[str, Any]:
     sidecar = metadata_path(path)
     shown = display_path(sidecar)
     try:
-        metadata = json.loads(sidecar.read_text(encoding="utf-8"))
+        metadata = json.loads(read_bytes(sidecar, "ONNX metadata").decode("utf-8"))
     except FileNotFoundError:
         raise IntentflowError(f"{shown} is missing: an ONNX model needs its vocabulary and labels beside it "
                               "(fix: export both with `intentflow export-onnx`)") from None

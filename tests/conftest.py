@@ -1,0 +1,27 @@
+"""Fixtures for every test folder: the S3 server (tests/object_store.py)."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from object_store import ObjectStore, start_object_store  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def object_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ObjectStore]:
+    """SeaweedFS's S3 gateway on 127.0.0.1, its address and key in the standard AWS variables for the session."""
+    store = start_object_store(tmp_path_factory.mktemp("seaweedfs"))
+    patch = pytest.MonkeyPatch()
+    for name, value in store.environment.items():
+        patch.setenv(name, value)
+    try:
+        yield store
+    finally:
+        patch.undo()
+        store.stop()
