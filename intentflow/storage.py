@@ -69,7 +69,9 @@ def filesystem(url: str) -> tuple[Any, str]:
     except ImportError:
         raise IntentflowError(f"{url}: reading an object-store URL needs fsspec (fix: {INSTALL_S3})") from None
     try:
-        return fsspec.core.url_to_fs(url)
+        # No listing cache: s3fs answers a read's size from its last listing, so an object written since (by
+        # another machine, or this one) would be "not found".
+        return fsspec.core.url_to_fs(url, use_listings_cache=False)
     except ImportError:
         raise IntentflowError(f"{url}: the {scheme(url)}:// scheme needs a package that is not installed "
                               f"(fix: {INSTALL_S3} for s3://, or the fsspec backend for {scheme(url)}://)") from None

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -25,3 +25,21 @@ def object_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ObjectSto
     finally:
         patch.undo()
         store.stop()
+
+
+@pytest.fixture
+def place(request: pytest.FixtureRequest) -> Callable[[Path], Path | str]:
+    """``place(file)``: where a test reads the file from: the file itself, or (parametrised indirectly with "s3") its
+    copy uploaded to the test S3 server, as a URL."""
+    if getattr(request, "param", "folder") == "folder":
+        return lambda path: path
+    prefix = request.getfixturevalue("object_store").new_location("files")
+
+    def upload(path: Path) -> str:
+        import fsspec
+
+        url = f"{prefix}/{path.name}"
+        fsspec.filesystem("s3").put_file(str(path), url)
+        return url
+
+    return upload

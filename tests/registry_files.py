@@ -19,7 +19,7 @@ _VERSION_NAME = re.compile(rf"^{VERSION_PREFIX}\d{{4}}-\d{{2}}(?:-\d+)?$")
 class RegistryFiles:
     def __init__(self, root: Location):
         self.root = root
-        self.fs, self.path = fsspec.core.url_to_fs(str(root))
+        self.fs, self.path = fsspec.core.url_to_fs(str(root), use_listings_cache=False)
         self.in_bucket = is_url(root)
 
     def _full(self, relative: str) -> str:
