@@ -365,6 +365,22 @@ def cmd_rollback(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_notify(args: argparse.Namespace) -> int:
+    _prefect_environment()
+    from flows.notify import changed_outcome_files, send_change
+    from flows.watch import require_server
+
+    paths = changed_outcome_files(args.outcomes, args.since)
+    if not paths:
+        print(f"no outcome file in {args.outcomes} changed since {args.since}; no event sent")
+        return 0
+    url = require_server()
+    payload = send_change(args.outcomes, args.since, paths)
+    state = f"content hash {payload['content_hash'][:12]}" if payload["valid"] else "the outcomes are invalid"
+    print(f"sent intentflow.outcomes.changed to {url} for {len(paths)} file(s): {', '.join(paths)} ({state})")
+    return 0
+
+
 def cmd_watch(args: argparse.Namespace) -> int:
     _prefect_environment()
     from flows.watch import require_server, watch_outcomes
@@ -561,6 +577,13 @@ def build_parser() -> argparse.ArgumentParser:
     watch.add_argument("--outcomes", type=Path, default=Path(DEFAULT_OUTCOMES))
     watch.add_argument("--quiet-seconds", type=float, default=2.0, help="edits closer than this are one burst")
     watch.set_defaults(handler=cmd_watch)
+
+    notify = commands.add_parser("notify", help="emit the outcome-change event for the outcome files changed since a "
+                                 "git commit (for a CI job after a push)")
+    notify.add_argument("--outcomes", type=Path, default=Path(DEFAULT_OUTCOMES),
+                        help="outcome folder, relative to the repository root as the worker's clone has it")
+    notify.add_argument("--since", required=True, help="the commit to compare with (the one before the push)")
+    notify.set_defaults(handler=cmd_notify)
 
     serve = commands.add_parser("serve", help="serve the retrain deployment (monthly cron + outcome trigger)")
     serve.set_defaults(handler=cmd_serve)
