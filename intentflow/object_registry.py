@@ -36,8 +36,8 @@ from intentflow.registry import (
     LOCK_FILE,
     PRODUCTION_FILE,
     VERSION_FILE,
+    BaseRegistry,
     Version,
-    _Rules,
     _who,
     parse_history,
     sort_versions,
@@ -62,7 +62,7 @@ class _LeaseLost(IntentflowError):
     pass
 
 
-class ObjectRegistry(_Rules):
+class ObjectRegistry(BaseRegistry):
     """A registry under an ``s3://`` URL (see the module's docstring)."""
 
     history_name = f"{HISTORY_PREFIX}/"
@@ -416,7 +416,8 @@ def resolve_object_checkpoint(url: str) -> str:
         return url
     registry = ObjectRegistry(url)
     name = registry.production_name()
-    if name is None and registry._etag(PRODUCTION_FILE) is not None:
+    # production_name read the pointer's ETag: a pointer that is there but names no version is damaged.
+    if name is None and getattr(registry._held, "pointer_etag", None) is not None:
         raise IntentflowError(f"{url}/{PRODUCTION_FILE} is unreadable or names no valid version (fix: `intentflow "
                               f"rollback --registry {url} --to VERSION` with a version from `intentflow versions "
                               f"--registry {url}`)")

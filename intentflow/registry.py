@@ -16,7 +16,7 @@ Layout of a registry folder (``artifacts/`` by default)::
 That is a folder's layout. A registry may also be an ``s3://bucket/prefix`` URL (``intentflow.object_registry``):
 the same versions and pointer, with each history event an object of its own and conditional writes in place of the
 lock and the renames. ``open_registry`` picks by the location; the rules (names, status, rollback, a promotion a
-crash left unrecorded) are ``_Rules``'s, the same for both.
+crash left unrecorded) are ``BaseRegistry``'s, the same for both.
 """
 
 from __future__ import annotations
@@ -84,7 +84,7 @@ class Version:
         return bool(self.info.get("gate", {}).get("promote"))
 
 
-class _Rules:
+class BaseRegistry:
     """What a registry means, whatever stores it: version names, status, up to date, promotion and rollback.
 
     A store gives ``versions``, ``history``, ``lock``, ``add_version``, ``clean_temporary`` and the few primitives
@@ -241,7 +241,7 @@ class _Rules:
                              "production is unchanged")
 
 
-class Registry(_Rules):
+class Registry(BaseRegistry):
     """A registry in a folder: an ``fcntl`` lock, files written whole and renamed into place."""
 
     def __init__(self, root: str | Path):
@@ -370,7 +370,7 @@ class Registry(_Rules):
                                   f"permissions; {state})") from None
 
 
-def open_registry(location: Location) -> _Rules:
+def open_registry(location: Location) -> BaseRegistry:
     """The registry at ``location``: a folder for a path or a ``file://`` URL, a bucket for ``s3://``."""
     if not is_url(location):
         return Registry(location)

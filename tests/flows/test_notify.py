@@ -1,4 +1,5 @@
-"""`intentflow notify`: outcome edits pushed through git reach the server as the watcher's event, from a CI job."""
+"""`intentflow notify`: which outcome files changed since a commit (a CI job after a push). That its event reaches a
+server and triggers the team deployment on a remote worker is tested in test_team_deployment.py."""
 
 from __future__ import annotations
 
@@ -9,11 +10,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from flow_helpers import OUTCOMES, Processes, post, prefect_env, start_server, wait_for, write_outcomes
+from flow_helpers import OUTCOMES, prefect_env, write_outcomes
 
 from flows.notify import changed_outcome_files
 from intentflow.errors import IntentflowError
-from intentflow.outcomes import load_outcomes
 
 INTENTFLOW = [sys.executable, "-m", "intentflow.cli"]
 GIT_ENV = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.invalid", "GIT_COMMITTER_NAME": "t",
@@ -76,29 +76,3 @@ def test_nothing_changed_sends_nothing_and_needs_no_server(repo: Path, tmp_path:
                             capture_output=True, text=True, timeout=120, env=prefect_env(tmp_path / "home"))
     assert result.returncode == 0, result.stderr
     assert "no outcome file in config/outcomes changed since HEAD; no event sent" in result.stdout
-
-
-@pytest.mark.slow
-def test_notify_after_a_push_emits_the_watchers_event(repo: Path, tmp_path: Path, processes: Processes) -> None:
-    api = start_server(processes, tmp_path)
-    outcomes = repo / "config" / "outcomes"
-    before = git(repo, "rev-parse", "HEAD")
-    edit(outcomes, "set_alarm", "alarm for half past six")
-    after = commit_all(repo, "teach an alarm")  # what the push brought
-
-    # As a CI job runs it: in the checkout, the folder as the worker's clone has it.
-    result = subprocess.run([*INTENTFLOW, "notify", "--outcomes", "config/outcomes", "--since", before], cwd=repo,
-                            capture_output=True, text=True, timeout=120,
-                            env=prefect_env(tmp_path / "ci-home", PREFECT_API_URL=api))
-    assert result.returncode == 0, result.stderr
-    assert f"sent intentflow.outcomes.changed to {api} for 1 file(s): set_alarm.json" in result.stdout
-
-    event_filter = {"filter": {"event": {"name": ["intentflow.outcomes.changed"]}}}
-    [event] = wait_for(lambda: post(api, "/events/filter", event_filter)["events"], 60, "the event", processes)
-    # What the deployment's trigger reads (event.payload.folder and .paths), as the watcher sends it.
-    assert event["payload"]["folder"] == "config/outcomes"
-    assert event["payload"]["paths"] == ["set_alarm.json"]
-    assert event["payload"]["content_hash"] == load_outcomes(outcomes).content_hash
-    assert event["payload"]["valid"] is True
-    assert (event["payload"]["since"], event["payload"]["commit"]) == (before, after)
-    assert event["resource"]["prefect.resource.id"].startswith("intentflow.outcomes.")

@@ -3,7 +3,8 @@
 The team's repository is a bare git repository on disk (the project's files, with small outcomes and settings); the
 deployer sets the variables and deploys from its checkout; a process worker runs in another empty folder with another
 ``HOME``. A run kicked with ``prefect deployment run`` clones the branch, trains, publishes into the bucket, and the
-application side loads the new production from the bucket.
+application side loads the new production from the bucket. Then an outcome edit is pushed and CI's ``intentflow
+notify`` sends the change event: the deployment's trigger runs the new commit on the worker, into the bucket.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +63,11 @@ def team_repository(tmp_path: Path) -> tuple[Path, Path]:
     subprocess.run(["git", "clone", "-q", "--bare", str(checkout), str(bare)], env=env, check=True,
                    capture_output=True)
     return checkout, bare
+
+
+def git(repo: Path, *arguments: str) -> str:
+    return subprocess.run(["git", *arguments], cwd=repo, env={**os.environ, **GIT_ENV, "HOME": str(repo.parent)},
+                          check=True, capture_output=True, text=True).stdout.strip()
 
 
 def prefect(env: dict[str, str], cwd: Path, *arguments: str) -> str:
@@ -120,3 +127,37 @@ def test_a_remote_worker_runs_the_team_deployment_into_the_bucket(tmp_path: Path
     # The clone was made in the worker's folder, not read from the deployer's.
     assert list(worker_folder.rglob("flows/retrain.py")), "the worker ran without cloning the repository"
     assert json.loads(json.dumps(run["parameters"])) == {"params": {"registry": registry}}
+
+    # A teammate's outcome edit is pushed; the CI job after the push runs notify in its checkout.
+    before = git(checkout, "rev-parse", "HEAD")
+    alarm = checkout / "config" / "outcomes" / "set_alarm.json"
+    definition = json.loads(alarm.read_text(encoding="utf-8"))
+    alarm.write_text(json.dumps({**definition, "examples": [*definition["examples"], "alarm for half past six"]}),
+                     encoding="utf-8")
+    git(checkout, "commit", "-q", "-am", "teach an alarm")
+    git(checkout, "push", "-q", bare.as_uri(), "main")
+    after = git(checkout, "rev-parse", "HEAD")
+    notify = subprocess.run([sys.executable, "-m", "intentflow.cli", "notify", "--outcomes", "config/outcomes",
+                             "--since", before], cwd=checkout, capture_output=True, text=True, timeout=120,
+                            env=deployer)
+    assert notify.returncode == 0, notify.stderr
+    assert f"sent intentflow.outcomes.changed to {api} for 1 file(s): set_alarm.json" in notify.stdout
+    edited_hash = load_outcomes(checkout / "config" / "outcomes").content_hash
+    event_filter = {"filter": {"event": {"name": ["intentflow.outcomes.changed"]}}}
+    [event] = wait_for(lambda: post(api, "/events/filter", event_filter)["events"], 60, "the event", processes)
+    # What the trigger reads (event.payload.folder and .paths), as the watcher sends it.
+    assert (event["payload"]["folder"], event["payload"]["paths"]) == ("config/outcomes", ["set_alarm.json"])
+    assert (event["payload"]["content_hash"], event["payload"]["valid"]) == (edited_hash, True)
+    assert (event["payload"]["since"], event["payload"]["commit"]) == (before, after)
+
+    def triggered() -> dict[str, Any] | None:
+        runs = post(api, "/flow_runs/filter", {"flow_runs": {"id": {"not_any_": [run_id]}},
+                                               "deployments": {"id": {"any_": [deployments["retrain-monthly"]["id"]]}}})
+        return next((finished(api, item["id"]) for item in runs if "auto-scheduled" not in item["tags"]), None)
+
+    second = wait_for(triggered, RUN_TIMEOUT, "the triggered run to finish", processes)
+    assert second["state"]["type"] == "COMPLETED", f"{second['state']}\n{processes.describe()}"
+    assert second["parameters"]["params"] == {"registry": registry, "outcomes": "config/outcomes",
+                                              "changed_paths": ["set_alarm.json"]}
+    assert published.production().info["outcome_hash"] == edited_hash
+    assert Classifier.load(registry).predict("alarm for half past six").label == "set_alarm"
