@@ -3,9 +3,11 @@
 # No `from __future__ import annotations` here: `intentflow serve` sends the flow function to each run's process by
 # value (cloudpickle), without this module's globals, so a string annotation "RetrainParameters" could not be resolved
 # there and every served run would fail parameter validation. Real annotations are pickled by reference.
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, Literal
 
 from prefect import flow, get_run_logger
@@ -28,9 +30,10 @@ from intentflow.onnx_export import require_exporter
 from intentflow.outcomes import OutcomeSet
 from intentflow.outcomes import load_outcomes as read_outcomes
 from intentflow.refit import HELD_OUT_ROLE, ServedModel, continue_served, refit_or_keep
-from intentflow.registry import Registry
+from intentflow.registry import Registry, open_registry
 from intentflow.report import release_notes
 from intentflow.split import Split
+from intentflow.storage import Location, http_url, is_url
 from intentflow.train import TrainedModel
 from tasks.augment import augment_outcomes
 from tasks.evaluate import evaluate_model
@@ -60,7 +63,8 @@ def _parameter_fields() -> dict[str, Any]:
         "evaluation": (str, Field("", description="Folder of the golden set (*.jsonl of labelled real utterances no "
                                   "model trains on); empty = the folder evaluation beside the outcomes folder; "
                                   "absent = none")),
-        "registry": (str, Field("artifacts", description="Model registry folder")),
+        "registry": (str, Field("artifacts", description="Model registry: a folder on the worker, or a URL "
+                                 "(s3://bucket/prefix) every machine reaches")),
         "config": (str, Field("", description="Settings file; empty = config/training.toml. The settings below "
                               "override it only where a run sets them")),
     }
@@ -191,7 +195,7 @@ def _retrain(params: RetrainParameters, logger: Any) -> State:
         logger.warning("%s", warning)
     golden = load_golden(str(golden_folder(params.outcomes, params.evaluation)), outcome_set,
                              settings.train.unknown_label)
-    registry = Registry(params.registry)
+    registry = open_registry(params.registry)
     config = {"prepare": settings.prepare.model_dump(), "train": settings.train.model_dump()}
     current = registry.up_to_date(outcome_set.content_hash, config)
     # The monthly run (and mode full) consolidates: production trained incrementally is retrained in full even when
@@ -244,10 +248,9 @@ def _retrain(params: RetrainParameters, logger: Any) -> State:
     verdict = "promoted" if decision.promote else "rejected"
     create_markdown_artifact(key=REPORT_ARTIFACT_KEY, markdown=publication.report,
                              description=f"{publication.version}: {verdict} ({chosen.mode} training)")
-    create_link_artifact(key=CHECKPOINT_ARTIFACT_KEY, link=publication.checkpoint.resolve().as_uri(),
-                         link_text=f"{publication.version} checkpoint",
-                         description=f"Checkpoint of {publication.version} (a file on the machine that ran the "
-                                     "flow)")
+    link, description = checkpoint_link(publication.version, publication.checkpoint)
+    create_link_artifact(key=CHECKPOINT_ARTIFACT_KEY, link=link, link_text=f"{publication.version} checkpoint",
+                         description=description)
     _versions_table(registry)
     if not decision.promote:
         message = (f"gate rejected {publication.version}: {decision.reason}; production "
@@ -256,6 +259,20 @@ def _retrain(params: RetrainParameters, logger: Any) -> State:
     message = f"promoted {publication.version} to production: {decision.reason}"
     logger.info(message)
     return Completed(message=message)
+
+
+def checkpoint_link(version: str, checkpoint: Location) -> tuple[str, str]:
+    """The checkpoint artifact's link and description: for a bucket, the object's http(s) address (it opens where the
+    store serves the bucket to the viewer) and its s3:// URL; for a folder, a file:// link that only opens on the
+    worker, and a description that says so."""
+    if is_url(checkpoint):
+        address = http_url(str(checkpoint)) or str(checkpoint)
+        return address, (f"Checkpoint of {version}: `{checkpoint}` (load it anywhere with `intentflow predict "
+                         f"--checkpoint {checkpoint}` or `Classifier.load`; the link opens where the store serves "
+                         "the bucket to you)")
+    path = Path(checkpoint).resolve()
+    return path.as_uri(), (f"Checkpoint of {version}: a file on the worker {socket.gethostname()} ({path}), not "
+                           "reachable from other machines; publish to an s3:// registry to open it from anywhere")
 
 
 def _mode_line(chosen: ModeDecision, training: dict[str, Any]) -> str:

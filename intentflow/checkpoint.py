@@ -6,6 +6,7 @@ weights_only=True)`` reads it and a checkpoint can never run code when loaded.
 
 from __future__ import annotations
 
+import io
 import pickle
 import re
 from datetime import UTC, datetime
@@ -19,6 +20,7 @@ from intentflow.config import MAX_CHAR_NGRAMS, MAX_WORD_NGRAMS
 from intentflow.errors import IntentflowError, display_path
 from intentflow.fileio import atomic_write, write_json
 from intentflow.model import parameter_shapes
+from intentflow.storage import Location, is_url, read_bytes, sibling
 from intentflow.train import TrainedModel
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
@@ -83,30 +85,54 @@ def save_checkpoint(payload: dict[str, Any], path: str | Path) -> Path:
     """Write the checkpoint and ``PATH.metrics.json`` beside it, each atomically."""
     path = Path(path)
     atomic_write(path, lambda stream: torch.save(payload, stream))
-    write_json(metrics_path(path), {**payload["metrics"], "outcome_hash": payload.get("outcome_hash"),
-                                    "labels": payload["labels"], "checkpoint": path.name})
+    write_json(metrics_path(path), metrics_record(payload, path.name))
     return path
+
+
+def checkpoint_bytes(payload: dict[str, Any]) -> bytes:
+    """The checkpoint file's content, for a store written object by object."""
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    return buffer.getvalue()
+
+
+def metrics_record(payload: dict[str, Any], name: str) -> dict[str, Any]:
+    """What ``NAME.metrics.json`` beside checkpoint ``NAME`` holds: its metrics, labels and outcome hash."""
+    return {**payload["metrics"], "outcome_hash": payload.get("outcome_hash"), "labels": payload["labels"],
+            "checkpoint": name}
 
 
 def metrics_path(path: Path) -> Path:
     return path.with_name(path.name + ".metrics.json")
 
 
-def held_out_path(checkpoint: str | Path) -> Path:
+def held_out_path(checkpoint: Location) -> Location:
     """Where the held-out model a checkpoint was judged as is kept, beside it: ``model.pt`` -> ``model.heldout.pt``."""
-    checkpoint = Path(checkpoint)
-    return checkpoint.with_name(checkpoint.name.removesuffix(".pt") + HELD_OUT_SUFFIX)
+    if not is_url(checkpoint):
+        checkpoint = Path(checkpoint)
+    name = str(checkpoint).rstrip("/").rsplit("/", 1)[-1]
+    return sibling(checkpoint, name.removesuffix(".pt") + HELD_OUT_SUFFIX)
 
 
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Read and check a checkpoint; anything unexpected is refused with the file named."""
-    path = Path(path)
-    shown = display_path(path)
-    if not path.is_file():
+def load_checkpoint(path: Location) -> dict[str, Any]:
+    """Read and check a checkpoint (a file, or an object-store URL); anything unexpected is refused with the file
+    named."""
+    source: Path | io.BytesIO | None
+    if is_url(path):
+        shown = str(path)
+        try:
+            source = io.BytesIO(read_bytes(path, "checkpoint"))
+        except FileNotFoundError:
+            source = None
+    else:
+        path = Path(path)
+        shown = display_path(path)
+        source = path if path.is_file() else None
+    if source is None:
         raise IntentflowError(f"checkpoint {shown} does not exist (fix: train one with `intentflow train`, "
                               "or if it is a registry's production model, `intentflow rollback`)")
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        payload = torch.load(source, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
         text = _ANSI.sub("", str(error))
         if "weights_only" not in text.lower() and "global" not in text.lower():

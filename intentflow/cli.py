@@ -16,6 +16,11 @@ from intentflow.errors import IntentflowError
 
 DEFAULT_OUTCOMES = "config/outcomes"
 DEFAULT_REGISTRY = "artifacts"
+LOCATION_HELP = ("checkpoint file or registry (a folder, or a URL such as s3://bucket/prefix: its production "
+                 "version); URLs read through fsspec, S3 configured by AWS_ENDPOINT_URL and the AWS credential "
+                 "variables")
+REGISTRY_HELP = ("registry folder, or s3://bucket/prefix (needs intentflow[s3]; AWS_ENDPOINT_URL and the AWS "
+                 "credential variables configure it)")
 
 def _layer_list(text: str) -> list[int]:
     if text.strip().lower() in ("", "none"):
@@ -83,6 +88,13 @@ def _add_flags(parser: argparse.ArgumentParser, flags: dict[str, tuple[Any, str]
             parser.add_argument(flag, dest=name, choices=kind[1], default=None, help=help_text)
         else:
             parser.add_argument(flag, dest=name, type=kind, default=None, help=help_text)
+
+
+def _location(text: str) -> Path | str:
+    """A path, or an object-store URL kept as it is (``Path`` would fold ``s3://`` into ``s3:/``)."""
+    from intentflow.storage import is_url
+
+    return text if is_url(text) else Path(text)
 
 
 def _add_evaluation(parser: argparse.ArgumentParser) -> None:
@@ -169,6 +181,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from intentflow.golden import golden_folder, load_golden
     from intentflow.inference import Classifier
     from intentflow.registry import resolve_checkpoint
+    from intentflow.storage import is_file
 
     classifier = Classifier.load(args.checkpoint)
     oos_labels = args.oos_label
@@ -207,12 +220,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         # The validation set recorded in the checkpoint is honest only for a model that never learnt it: the
         # held-out model a refit version keeps beside the one it serves.
         held_out = held_out_path(resolve_checkpoint(args.checkpoint))
-        if held_out.is_file():
+        has_held_out = is_file(held_out)
+        if has_held_out:
             classifier = Classifier.load(held_out)
         recorded = classifier.payload.get("validation", {})
         texts, labels = list(recorded.get("text", [])), list(recorded.get("label", []))
         source = "the validation set recorded in the checkpoint" + note
-        if held_out.is_file():
+        if has_held_out:
             source += f", scored with the held-out model it was judged as ({display_path(held_out)})"
         elif classifier.payload.get("metrics", {}).get("refit"):
             source += (" (this model was refit on it, so this is not held-out accuracy; the held-out run scored "
@@ -324,9 +338,9 @@ def cmd_teach(args: argparse.Namespace) -> int:
 
 
 def cmd_versions(args: argparse.Namespace) -> int:
-    from intentflow.registry import Registry
+    from intentflow.registry import open_registry
 
-    registry = Registry(args.registry)
+    registry = open_registry(args.registry)
     versions = registry.versions()
     if args.json:
         print(json.dumps([{"version": v.name, "status": registry.status(v), **v.info} for v in versions], indent=2))
@@ -348,10 +362,26 @@ def cmd_versions(args: argparse.Namespace) -> int:
 
 
 def cmd_rollback(args: argparse.Namespace) -> int:
-    from intentflow.registry import Registry
+    from intentflow.registry import open_registry
 
-    event = Registry(args.registry).rollback(to=args.to, why=args.why)
+    event = open_registry(args.registry).rollback(to=args.to, why=args.why)
     print(f"production is now {event['version']} (was {event['previous']}); recorded in history")
+    return 0
+
+
+def cmd_notify(args: argparse.Namespace) -> int:
+    _prefect_environment()
+    from flows.notify import changed_outcome_files, send_change
+    from flows.watch import require_server
+
+    paths = changed_outcome_files(args.outcomes, args.since)
+    if not paths:
+        print(f"no outcome file in {args.outcomes} changed since {args.since}; no event sent")
+        return 0
+    url = require_server()
+    payload = send_change(args.outcomes, args.since, paths)
+    state = f"content hash {payload['content_hash'][:12]}" if payload["valid"] else "the outcomes are invalid"
+    print(f"sent intentflow.outcomes.changed to {url} for {len(paths)} file(s): {', '.join(paths)} ({state})")
     return 0
 
 
@@ -477,7 +507,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.set_defaults(handler=cmd_train)
 
     evaluate = commands.add_parser("evaluate", help="score a checkpoint (or a registry's production model)")
-    evaluate.add_argument("--checkpoint", type=Path, required=True, help="checkpoint file or registry folder")
+    evaluate.add_argument("--checkpoint", type=_location, required=True, help=LOCATION_HELP)
     evaluate.add_argument("--data", type=Path, default=None, help='labelled JSONL ({"text","label"} per line); '
                           "default: the golden set, or without one the validation set recorded in the checkpoint")
     _add_evaluation(evaluate)
@@ -491,13 +521,13 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.set_defaults(handler=cmd_evaluate)
 
     predict = commands.add_parser("predict", help="label and confidence for each text")
-    predict.add_argument("--checkpoint", type=Path, required=True, help="checkpoint file or registry folder")
+    predict.add_argument("--checkpoint", type=_location, required=True, help=LOCATION_HELP)
     predict.add_argument("--json", action="store_true", help="one JSON object per line")
     predict.add_argument("texts", nargs="*", help="sentences (default: one per line on standard input)")
     predict.set_defaults(handler=cmd_predict)
 
     export_onnx = commands.add_parser("export-onnx", help="write a checkpoint as ONNX plus the files inference needs")
-    export_onnx.add_argument("--checkpoint", type=Path, required=True, help="checkpoint file or registry folder")
+    export_onnx.add_argument("--checkpoint", type=_location, required=True, help=LOCATION_HELP)
     export_onnx.add_argument("--out", type=Path, required=True,
                              help="ONNX file to write; OUT.json (and an embeddings model's tokenizer) beside it")
     export_onnx.add_argument("--int8", action="store_true",
@@ -522,7 +552,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     retrain = commands.add_parser("retrain", help="run the Prefect retrain flow once (the main job)")
     retrain.add_argument("--outcomes", type=Path, default=Path(DEFAULT_OUTCOMES))
-    retrain.add_argument("--registry", type=Path, default=Path(DEFAULT_REGISTRY))
+    retrain.add_argument("--registry", type=_location, default=Path(DEFAULT_REGISTRY), help=REGISTRY_HELP)
     _add_evaluation(retrain)
     retrain.add_argument("--force", action="store_true", help="retrain even when production is up to date")
     retrain.add_argument("--mode", choices=["auto", "full", "incremental"], default="auto",
@@ -541,12 +571,12 @@ def build_parser() -> argparse.ArgumentParser:
     teach.set_defaults(handler=cmd_teach)
 
     versions = commands.add_parser("versions", help="list the registry's versions with status and accuracy")
-    versions.add_argument("--registry", type=Path, default=Path(DEFAULT_REGISTRY))
+    versions.add_argument("--registry", type=_location, default=Path(DEFAULT_REGISTRY), help=REGISTRY_HELP)
     versions.add_argument("--json", action="store_true")
     versions.set_defaults(handler=cmd_versions)
 
     rollback = commands.add_parser("rollback", help="move production back (to the previous version by default)")
-    rollback.add_argument("--registry", type=Path, default=Path(DEFAULT_REGISTRY))
+    rollback.add_argument("--registry", type=_location, default=Path(DEFAULT_REGISTRY), help=REGISTRY_HELP)
     rollback.add_argument("--to", default=None, help="version to serve (default: the one production replaced)")
     rollback.add_argument("--why", default="manual rollback", help="reason, recorded in the history")
     rollback.set_defaults(handler=cmd_rollback)
@@ -555,6 +585,13 @@ def build_parser() -> argparse.ArgumentParser:
     watch.add_argument("--outcomes", type=Path, default=Path(DEFAULT_OUTCOMES))
     watch.add_argument("--quiet-seconds", type=float, default=2.0, help="edits closer than this are one burst")
     watch.set_defaults(handler=cmd_watch)
+
+    notify = commands.add_parser("notify", help="emit the outcome-change event for the outcome files changed since a "
+                                 "git commit (for a CI job after a push)")
+    notify.add_argument("--outcomes", type=Path, default=Path(DEFAULT_OUTCOMES),
+                        help="outcome folder, relative to the repository root as the worker's clone has it")
+    notify.add_argument("--since", required=True, help="the commit to compare with (the one before the push)")
+    notify.set_defaults(handler=cmd_notify)
 
     serve = commands.add_parser("serve", help="serve the retrain deployment (monthly cron + outcome trigger)")
     serve.set_defaults(handler=cmd_serve)

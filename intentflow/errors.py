@@ -51,11 +51,13 @@ class ValidationFailed(IntentflowError):
         super().__init__("\n".join(lines))
 
 
-def display_path(path: Path) -> str:
-    """A path as the user typed it relative to the working directory when possible.
+def display_path(path: Path | str) -> str:
+    """A path as the user typed it relative to the working directory when possible; a URL as it is.
 
     Symbolic links are not followed: a message names the link the user put there, not what it points to.
     """
+    if isinstance(path, str) and "://" in path and not path.startswith("file://"):
+        return path
     absolute = Path(os.path.abspath(path))
     for base in (Path.cwd(), Path.cwd().resolve()):
         try:

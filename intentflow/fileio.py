@@ -100,8 +100,13 @@ def _unused_name(folder: Path, prefix: str, create: Callable[[Path], _Made]) -> 
     raise FileExistsError(errno.EEXIST, f"no unused temporary name after {_NAME_TRIES} tries", str(folder))
 
 
+def json_bytes(data: Any) -> bytes:
+    """``data`` as the registry's JSON files hold it: indented, UTF-8, a final newline."""
+    return (json.dumps(data, indent=2, ensure_ascii=False, sort_keys=False) + "\n").encode("utf-8")
+
+
 def write_json(path: str | Path, data: Any) -> Path:
-    payload = (json.dumps(data, indent=2, ensure_ascii=False, sort_keys=False) + "\n").encode("utf-8")
+    payload = json_bytes(data)
     return atomic_write(path, lambda stream: stream.write(payload))
 
 

@@ -20,6 +20,7 @@ import numpy as np
 
 from intentflow.errors import IntentflowError, display_path
 from intentflow.prediction import Prediction
+from intentflow.storage import Location, is_file, is_url, local_path, name_of, read_bytes, sibling
 
 FORMAT = "intentflow-onnx"
 # 1: bag-of-words; 2: embeddings too (an intentflow that reads only 1 refuses it, saying to upgrade).
@@ -37,14 +38,14 @@ TOKEN_BUDGET = 4096
 INSTALL_HINT = "pip install 'intentflow[onnx]'"
 
 
-def metadata_path(path: Path) -> Path:
+def metadata_path(path: Location) -> Location:
     """``model.onnx`` -> ``model.onnx.json``."""
-    return path.with_name(path.name + ".json")
+    return sibling(path, name_of(path) + ".json")
 
 
-def tokenizer_path(path: Path) -> Path:
+def tokenizer_path(path: Location) -> Location:
     """``model.onnx`` -> ``model.tokenizer.json``: an embeddings model's tokenizer."""
-    return path.with_name(path.name.removesuffix(".onnx") + ".tokenizer.json")
+    return sibling(path, name_of(path).removesuffix(".onnx") + ".tokenizer.json")
 
 
 class OnnxClassifier:
@@ -60,19 +61,20 @@ class OnnxClassifier:
         self.tokenizer = tokenizer  # embeddings: a tokenizers.Tokenizer that truncates and never pads
 
     @classmethod
-    def load(cls, path: str | Path, threads: int | None = None) -> OnnxClassifier:
-        """Load ``model.onnx`` (with ``model.onnx.json`` beside it), or a registry folder's production version.
+    def load(cls, path: Location, threads: int | None = None) -> OnnxClassifier:
+        """Load ``model.onnx`` (with ``model.onnx.json`` beside it), or a registry's production version: a folder, or
+        a URL such as ``s3://bucket/prefix``.
 
         ``threads`` caps ONNX Runtime's threads per call (default: its own choice, one per core).
         """
         onnxruntime = require("onnxruntime", "ONNX inference")
-        path = _resolve_model(Path(path))
+        path = _resolve_model(path if is_url(path) else local_path(path))
         shown = display_path(path)
-        if not path.is_file():
+        if not is_file(path):
             raise IntentflowError(f"ONNX model {shown} does not exist "
                                   "(fix: write one with `intentflow export-onnx --checkpoint PATH --out FILE`)")
         metadata = _read_metadata(path)
-        model_bytes = path.read_bytes()
+        model_bytes = read_bytes(path, "ONNX model")
         if hashlib.sha256(model_bytes).hexdigest() != metadata.get("sha256"):
             raise IntentflowError(f"ONNX model {shown} does not match {display_path(metadata_path(path))} "
                                   "(fix: export both again with `intentflow export-onnx`)")
@@ -174,27 +176,28 @@ class OnnxClassifier:
         return self.predict_batch([text])[0]
 
 
-def _resolve_model(path: Path) -> Path:
-    if not path.is_dir():
+def _resolve_model(path: Location) -> Location:
+    if (is_url(path) and str(path).endswith(".onnx")) or (not is_url(path) and not Path(path).is_dir()):
         return path
     from intentflow.registry import resolve_checkpoint
 
     checkpoint = resolve_checkpoint(path)
-    model = checkpoint.with_suffix(".onnx")
-    if not model.is_file():
-        raise IntentflowError(f"production version {checkpoint.parent.name} of {display_path(path)} has no ONNX "
+    model = sibling(checkpoint, name_of(checkpoint).removesuffix(".pt") + ".onnx")
+    if not is_file(model):
+        version = name_of(checkpoint).removesuffix(".pt")
+        raise IntentflowError(f"production version {version} of {display_path(path)} has no ONNX "
                               f"model ({display_path(model)} is missing) (fix: set onnx = true under [publish] in "
                               "config/training.toml for later versions, or `intentflow export-onnx --checkpoint "
                               f"{display_path(path)} --out FILE`)")
     return model
 
 
-def _load_tokenizer(path: Path, metadata: dict[str, Any]) -> Any:
+def _load_tokenizer(path: Location, metadata: dict[str, Any]) -> Any:
     tokenizers = require("tokenizers", "ONNX inference of an embeddings model")
-    source = path.with_name(metadata["tokenizer"]["file"])
+    source = sibling(path, metadata["tokenizer"]["file"])
     shown = display_path(source)
     try:
-        text = source.read_bytes()
+        text = read_bytes(source, "tokenizer")
     except FileNotFoundError:
         raise IntentflowError(f"{shown} is missing: an embeddings model needs its tokenizer beside "
                               f"{display_path(path)} (fix: export all three files again with `intentflow "
@@ -216,11 +219,11 @@ def _load_tokenizer(path: Path, metadata: dict[str, Any]) -> Any:
     return tokenizer
 
 
-def _read_metadata(path: Path) -> dict[str, Any]:
+def _read_metadata(path: Location) -> dict[str, Any]:
     sidecar = metadata_path(path)
     shown = display_path(sidecar)
     try:
-        metadata = json.loads(sidecar.read_text(encoding="utf-8"))
+        metadata = json.loads(read_bytes(sidecar, "ONNX metadata").decode("utf-8"))
     except FileNotFoundError:
         raise IntentflowError(f"{shown} is missing: an ONNX model needs its labels and featurizing beside it "
                               "(fix: export both with `intentflow export-onnx`)") from None

@@ -5,14 +5,14 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from intentflow.evaluate import Evaluation
 from intentflow.gate import GateDecision, overall_accuracy
 from intentflow.onnx_export import onnx_files
-from intentflow.registry import Registry, Version
+from intentflow.registry import Version, open_registry
 from intentflow.report import run_report
+from intentflow.storage import Location
 
 logger = logging.getLogger(__name__)
 
@@ -20,14 +20,14 @@ logger = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class Publication:
     version: str
-    checkpoint: Path
+    checkpoint: Location
     promoted: bool
     production: str | None
     event: dict[str, Any] | None
     report: str
 
 
-def publish_version(registry_root: str | Path, payload: dict[str, Any], evaluation: Evaluation,
+def publish_version(registry_root: Location, payload: dict[str, Any], evaluation: Evaluation,
                     decision: GateDecision, notes: str, run: dict[str, Any] | None = None,
                     onnx: bool = False, held_out: dict[str, Any] | None = None,
                     golden: Evaluation | None = None) -> Publication:
@@ -37,7 +37,7 @@ def publish_version(registry_root: str | Path, payload: dict[str, Any], evaluati
     ``held_out`` the held-out model's payload where the version serves another (kept as ``<version>.heldout.pt``).
     With ``onnx``, the version also holds ``<version>.onnx`` and its ``.onnx.json`` (see ``intentflow.onnx_export``).
     """
-    registry = Registry(registry_root)
+    registry = open_registry(registry_root)
     metrics = payload["metrics"]
     info = {
         "created_at": payload.get("created_at"),

@@ -13,6 +13,11 @@ Layout of a registry folder (``artifacts/`` by default)::
         evaluation.json, report.md, release_notes.md
     production.json                   which version serves; replaced atomically
     history.jsonl                     every promotion and rollback: who, what, when, why
+
+That is a folder's layout. A registry may also be an ``s3://bucket/prefix`` URL (``intentflow.object_registry``):
+the same versions and pointer, with each history event an object of its own and conditional writes in place of the
+lock and the renames. ``open_registry`` picks by the location; the rules (names, status, rollback, a promotion a
+crash left unrecorded) are ``BaseRegistry``'s, the same for both.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ import re
 import shutil
 import socket
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -42,6 +47,7 @@ from intentflow.fileio import (
     write_json,
     write_text,
 )
+from intentflow.storage import Location, is_url, join, local_path
 
 VERSION_PREFIX = "intent_model_v"
 PRODUCTION_FILE = "production.json"
@@ -54,20 +60,25 @@ _VERSION_NAME = re.compile(rf"^{VERSION_PREFIX}\d{{4}}-\d{{2}}(?:-\d+)?$")
 @dataclass(frozen=True)
 class Version:
     name: str
-    path: Path
+    # A folder, or the URL of the version's prefix in an object store.
+    path: Location
     info: dict[str, Any]
+    # In an object store: the names of the version's objects, listed once (a lookup per file is a request each).
+    files: frozenset[str] | None = None
 
     @property
-    def checkpoint(self) -> Path:
-        return self.path / f"{self.name}.pt"
+    def checkpoint(self) -> Location:
+        return join(self.path, f"{self.name}.pt")
 
     @property
-    def held_out_checkpoint(self) -> Path:
+    def held_out_checkpoint(self) -> Location:
         """The checkpoint of the model this version was judged as: its held-out model where it keeps one apart
         from the model it serves, else the served model itself."""
         from intentflow.checkpoint import held_out_path
 
         path = held_out_path(self.checkpoint)
+        if self.files is not None:
+            return path if str(path).rsplit("/", 1)[-1] in self.files else self.checkpoint
         return path if path.is_file() else self.checkpoint
 
     @property
@@ -75,9 +86,171 @@ class Version:
         return bool(self.info.get("gate", {}).get("promote"))
 
 
-class Registry:
+class BaseRegistry:
+    """What a registry means, whatever stores it: version names, status, up to date, promotion and rollback.
+
+    A store gives ``versions``, ``history``, ``lock``, ``add_version``, ``clean_temporary`` and the few primitives
+    below; the steps of a promotion and the crash points between them are the same in a folder and a bucket."""
+
+    root: Any
+    # Where the history is kept, as messages name it.
+    history_name = HISTORY_FILE
+
+    # --- what a store provides -----------------------------------------------------------------------------------
+    def versions(self) -> list[Version]:
+        raise NotImplementedError
+
+    def history(self) -> list[dict[str, Any]]:
+        raise NotImplementedError
+
+    def lock(self) -> AbstractContextManager[None]:
+        raise NotImplementedError
+
+    def _read_pointer(self) -> dict[str, Any] | None:
+        raise NotImplementedError
+
+    def _write_pointer(self, pointer: dict[str, Any]) -> None:
+        raise NotImplementedError
+
+    def _append_history(self, event: dict[str, Any], failure: str, state: str) -> None:
+        """Append ``event``; if the store refuses, raise ``IntentflowError`` saying ``failure``, why, and (after the
+        fix) ``state``, what the registry is left as."""
+        raise NotImplementedError
+
+    def _version_at(self, name: str) -> Version:
+        """Version ``name`` as stored (info empty where its version.json is unreadable)."""
+        raise NotImplementedError
+
+    def _taken_names(self) -> set[str]:
+        raise NotImplementedError
+
+    def _shown(self) -> str:
+        return str(self.root)
+
+    # --- reading -------------------------------------------------------------------------------------------------
+    def version(self, name: str) -> Version:
+        versions = self.versions()
+        for version in versions:
+            if version.name == name:
+                return version
+        known = ", ".join(v.name for v in versions) or "none"
+        raise IntentflowError(f"{self._shown()} has no version '{name}' (known: {known}) "
+                              "(fix: pick one from `intentflow versions`)")
+
+    def production_name(self) -> str | None:
+        """The version the pointer names; None when there is no pointer or it is unreadable or names no valid
+        version (``resolve_checkpoint`` tells those apart). Never a path that leads out of the registry."""
+        pointer = self._read_pointer()
+        name = pointer.get("version") if pointer else None
+        return name if isinstance(name, str) and _VERSION_NAME.fullmatch(name) else None
+
+    def production(self) -> Version | None:
+        name = self.production_name()
+        return None if name is None else self._version_at(name)
+
+    def up_to_date(self, outcome_hash: str, config: dict[str, dict[str, Any]]) -> Version | None:
+        """Production, if it was trained on these outcomes with this config (the device aside)."""
+        production = self.production()
+        if production is None or production.info.get("outcome_hash") != outcome_hash:
+            return None
+        return production if _comparable(production.info.get("config", {})) == _comparable(config) else None
+
+    def status(self, version: Version) -> str:
+        if version.name == self.production_name():
+            return "production"
+        if not version.accepted:
+            return "rejected"
+        promoted = {event.get("version") for event in self.history()}
+        return "previous" if version.name in promoted else "accepted"
+
+    # --- writing -------------------------------------------------------------------------------------------------
+    def next_name(self, when: datetime | None = None) -> str:
+        when = when or datetime.now(UTC)
+        base = f"{VERSION_PREFIX}{when:%Y-%m}"
+        taken = self._taken_names()
+        if base not in taken:
+            return base
+        number = 2
+        while f"{base}-{number}" in taken:
+            number += 1
+        return f"{base}-{number}"
+
+    def promote(self, name: str, why: str, action: str = "promote") -> dict[str, Any]:
+        """Point production at ``name`` atomically and record it. Call under ``lock()``."""
+        version = self.version(name)
+        previous = self.production_name()
+        self._record_unrecorded(previous)
+        event = {
+            "time": datetime.now(UTC).isoformat(timespec="seconds"),
+            "action": action,
+            "version": version.name,
+            "previous": previous,
+            "who": _who(),
+            "why": why,
+        }
+        self._write_pointer({"version": version.name, "since": event["time"],
+                             "val_accuracy": version.info.get("val_accuracy")})
+        crash_point("pointer-moved")
+        self._append_history(event, f"production of {self._shown()} is now {version.name}, but "
+                             f"{self.history_name} could not record it", "the next promotion or rollback records it")
+        crash_point("history-appended")
+        return event
+
+    def rollback(self, to: str | None = None, why: str = "manual rollback") -> dict[str, Any]:
+        """Move production back to ``to``, or to the version production replaced."""
+        with self.lock():
+            current = self.production_name()
+            self._record_unrecorded(current)
+            if to is None:
+                to = self._previous_good(current)
+            target = self.version(to)
+            if not target.accepted:
+                raise IntentflowError(f"version {to} was rejected by the gate (fix: pick an accepted version "
+                                      "from `intentflow versions`)")
+            if to == current:
+                raise IntentflowError(f"{to} is already production (fix: pass --to another version)")
+            return self.promote(to, why=why, action="rollback")
+
+    def _previous_good(self, current: str | None) -> str:
+        # The version the current one replaced when it was promoted. Rollback events are skipped, so a second
+        # rollback walks further back instead of returning to the version the first one rolled back from.
+        for event in reversed(self.history()):
+            if event.get("action") == "promote" and event.get("version") == current and event.get("previous"):
+                return event["previous"]
+        raise IntentflowError(f"{self._shown()} has no earlier production version to roll back to "
+                              "(fix: pass --to VERSION, see `intentflow versions`)")
+
+    def _record_unrecorded(self, current: str | None) -> None:
+        """Record a promotion whose history line a crash lost (between moving the pointer and appending the line),
+        so the history stays a chain in which each event's ``previous`` is the version before it, and rollback can
+        walk it."""
+        if current is None:
+            return
+        last = next((event for event in reversed(self.history()) if event.get("version")), None)
+        if last is not None and last.get("version") == current:
+            return
+        pointer = self._read_pointer() or {}
+        event = {
+            "time": pointer.get("since") or datetime.now(UTC).isoformat(timespec="seconds"),
+            "action": "promote",
+            "version": current,
+            "previous": last.get("version") if last else None,
+            "who": _who(),
+            "why": "recorded late: production.json names it, but the history had no line for it "
+                   "(the process that promoted it stopped before writing one)",
+        }
+        self._append_history(event, f"cannot write {self.history_name} in {self._shown()}",
+                             "production is unchanged")
+
+
+class Registry(BaseRegistry):
+    """A registry in a folder: an ``fcntl`` lock, files written whole and renamed into place."""
+
     def __init__(self, root: str | Path):
-        self.root = Path(root)
+        self.root = local_path(root)
+
+    def _shown(self) -> str:
+        return display_path(self.root)
 
     # --- reading -------------------------------------------------------------------------------------------------
     def versions(self) -> list[Version]:
@@ -92,62 +265,23 @@ class Registry:
             if info is None or not (path / f"{path.name}.pt").is_file():
                 continue
             found.append(Version(path.name, path, info))
-        return sorted(found, key=lambda v: (v.info.get("created_at", ""), _sequence(v.name)))
+        return sort_versions(found)
 
-    def version(self, name: str) -> Version:
-        for version in self.versions():
-            if version.name == name:
-                return version
-        known = ", ".join(v.name for v in self.versions()) or "none"
-        raise IntentflowError(f"{display_path(self.root)} has no version '{name}' (known: {known}) "
-                              "(fix: pick one from `intentflow versions`)")
-
-    def production_name(self) -> str | None:
-        """The version the pointer names; None when there is no pointer or it is unreadable or names no valid
-        version (``resolve_checkpoint`` tells those apart). Never a path that leads out of the registry."""
-        pointer = _read_json(self.root / PRODUCTION_FILE)
-        name = pointer.get("version") if pointer else None
-        return name if isinstance(name, str) and _VERSION_NAME.fullmatch(name) else None
-
-    def production(self) -> Version | None:
-        name = self.production_name()
-        if name is None:
-            return None
+    def _version_at(self, name: str) -> Version:
         path = self.root / name
-        info = _read_json(path / VERSION_FILE)
-        if info is None:
-            return Version(name, path, {})
-        return Version(name, path, info)
+        return Version(name, path, _read_json(path / VERSION_FILE) or {})
 
-    def up_to_date(self, outcome_hash: str, config: dict[str, dict[str, Any]]) -> Version | None:
-        """Production, if it was trained on these outcomes with this config (the device aside)."""
-        production = self.production()
-        if production is None or production.info.get("outcome_hash") != outcome_hash:
-            return None
-        return production if _comparable(production.info.get("config", {})) == _comparable(config) else None
+    def _read_pointer(self) -> dict[str, Any] | None:
+        return _read_json(self.root / PRODUCTION_FILE)
 
     def history(self) -> list[dict[str, Any]]:
         path = self.root / HISTORY_FILE
         if not path.is_file():
             return []
-        events = []
-        for line in path.read_bytes().split(b"\n"):
-            try:
-                event = json.loads(line)
-            except (ValueError, RecursionError):
-                # A torn line after a crash (possibly cut inside a UTF-8 character); every complete event counts.
-                continue
-            if isinstance(event, dict):
-                events.append(event)
-        return events
+        return parse_history(path.read_bytes().split(b"\n"))
 
-    def status(self, version: Version) -> str:
-        if version.name == self.production_name():
-            return "production"
-        if not version.accepted:
-            return "rejected"
-        promoted = {event.get("version") for event in self.history()}
-        return "previous" if version.name in promoted else "accepted"
+    def _taken_names(self) -> set[str]:
+        return {path.name for path in self.root.iterdir()} if self.root.is_dir() else set()
 
     # --- writing -------------------------------------------------------------------------------------------------
     @contextmanager
@@ -165,17 +299,6 @@ class Registry:
                 yield
             finally:
                 fcntl.flock(handle, fcntl.LOCK_UN)
-
-    def next_name(self, when: datetime | None = None) -> str:
-        when = when or datetime.now(UTC)
-        base = f"{VERSION_PREFIX}{when:%Y-%m}"
-        taken = {path.name for path in self.root.iterdir()} if self.root.is_dir() else set()
-        if base not in taken:
-            return base
-        number = 2
-        while f"{base}-{number}" in taken:
-            number += 1
-        return f"{base}-{number}"
 
     def add_version(self, name: str, payload: dict[str, Any], info: dict[str, Any],
                     files: dict[str, str | bytes], held_out: dict[str, Any] | None = None) -> Version:
@@ -217,42 +340,6 @@ class Registry:
         crash_point("version-renamed")
         return Version(name, self.root / name, info)
 
-    def promote(self, name: str, why: str, action: str = "promote") -> dict[str, Any]:
-        """Point production at ``name`` atomically and record it. Call under ``lock()``."""
-        version = self.version(name)
-        previous = self.production_name()
-        self._record_unrecorded(previous)
-        event = {
-            "time": datetime.now(UTC).isoformat(timespec="seconds"),
-            "action": action,
-            "version": version.name,
-            "previous": previous,
-            "who": _who(),
-            "why": why,
-        }
-        write_json(self.root / PRODUCTION_FILE, {"version": version.name, "since": event["time"],
-                                                 "val_accuracy": version.info.get("val_accuracy")})
-        crash_point("pointer-moved")
-        self._append_history(event, f"production of {display_path(self.root)} is now {version.name}, but "
-                             f"{HISTORY_FILE} could not record it", "the next promotion or rollback records it")
-        crash_point("history-appended")
-        return event
-
-    def rollback(self, to: str | None = None, why: str = "manual rollback") -> dict[str, Any]:
-        """Move production back to ``to``, or to the version production replaced."""
-        with self.lock():
-            current = self.production_name()
-            self._record_unrecorded(current)
-            if to is None:
-                to = self._previous_good(current)
-            target = self.version(to)
-            if not target.accepted:
-                raise IntentflowError(f"version {to} was rejected by the gate (fix: pick an accepted version "
-                                      "from `intentflow versions`)")
-            if to == current:
-                raise IntentflowError(f"{to} is already production (fix: pass --to another version)")
-            return self.promote(to, why=why, action="rollback")
-
     def clean_temporary(self) -> None:
         """Remove what a crashed writer left behind; such leftovers never count as versions."""
         if not self.root.is_dir():
@@ -264,40 +351,10 @@ class Registry:
                 else:
                     path.unlink(missing_ok=True)
 
-    def _previous_good(self, current: str | None) -> str:
-        # The version the current one replaced when it was promoted. Rollback events are skipped, so a second
-        # rollback walks further back instead of returning to the version the first one rolled back from.
-        for event in reversed(self.history()):
-            if event.get("action") == "promote" and event.get("version") == current and event.get("previous"):
-                return event["previous"]
-        raise IntentflowError(f"{display_path(self.root)} has no earlier production version to roll back to "
-                              "(fix: pass --to VERSION, see `intentflow versions`)")
-
-    def _record_unrecorded(self, current: str | None) -> None:
-        """Record a promotion whose history line a crash lost (between moving the pointer and appending the line),
-        so the history stays a chain in which each event's ``previous`` is the version before it, and rollback can
-        walk it."""
-        if current is None:
-            return
-        last = next((event for event in reversed(self.history()) if event.get("version")), None)
-        if last is not None and last.get("version") == current:
-            return
-        pointer = _read_json(self.root / PRODUCTION_FILE) or {}
-        event = {
-            "time": pointer.get("since") or datetime.now(UTC).isoformat(timespec="seconds"),
-            "action": "promote",
-            "version": current,
-            "previous": last.get("version") if last else None,
-            "who": _who(),
-            "why": "recorded late: production.json names it, but the history had no line for it "
-                   "(the process that promoted it stopped before writing one)",
-        }
-        self._append_history(event, f"cannot write {HISTORY_FILE} in {display_path(self.root)}",
-                             "production is unchanged")
+    def _write_pointer(self, pointer: dict[str, Any]) -> None:
+        write_json(self.root / PRODUCTION_FILE, pointer)
 
     def _append_history(self, event: dict[str, Any], failure: str, state: str) -> None:
-        """Append ``event`` to the history; if the disk refuses, raise ``IntentflowError`` saying ``failure``,
-        why, and (after the fix) ``state``, what the registry is left as."""
         line = (json.dumps(event, ensure_ascii=False) + "\n").encode("utf-8")
         try:
             descriptor = os.open(self.root / HISTORY_FILE, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o666)
@@ -325,9 +382,22 @@ def save_checkpoint(payload: dict[str, Any], path: Path) -> Path:
     return save(payload, path)
 
 
-def resolve_checkpoint(path: str | Path) -> Path:
-    """A checkpoint file as given, or a registry folder's production checkpoint."""
-    path = Path(path)
+def open_registry(location: Location) -> BaseRegistry:
+    """The registry at ``location``: a folder for a path or a ``file://`` URL, a bucket for ``s3://``."""
+    if not is_url(location):
+        return Registry(location)
+    from intentflow.object_registry import ObjectRegistry
+
+    return ObjectRegistry(str(location))
+
+
+def resolve_checkpoint(path: Location) -> Location:
+    """A checkpoint file (or object) as given, or a registry's production checkpoint."""
+    if is_url(path):
+        from intentflow.object_registry import resolve_object_checkpoint
+
+        return resolve_object_checkpoint(str(path))
+    path = local_path(path)
     if not path.is_dir():
         return path
     registry = Registry(path)
@@ -347,6 +417,23 @@ def resolve_checkpoint(path: str | Path) -> Path:
                               f"{display_path(path)}`)")
     return checkpoint
 
+
+def sort_versions(versions: list[Version]) -> list[Version]:
+    """Oldest first: by creation time, then by the number after the month (so -10 comes after -9)."""
+    return sorted(versions, key=lambda v: (v.info.get("created_at", ""), _sequence(v.name)))
+
+
+def parse_history(lines: list[bytes]) -> list[dict[str, Any]]:
+    events = []
+    for line in lines:
+        try:
+            event = json.loads(line)
+        except (ValueError, RecursionError):
+            # A torn line after a crash (possibly cut inside a UTF-8 character); every complete event counts.
+            continue
+        if isinstance(event, dict):
+            events.append(event)
+    return events
 
 def _comparable(config: dict[str, Any]) -> dict[str, Any]:
     # Where a model trained does not change what it is.

@@ -16,7 +16,7 @@ from intentflow.evaluate import evaluate_model
 from intentflow.gate import overall_accuracy
 from intentflow.golden import load_golden
 from intentflow.inference import Classifier
-from intentflow.registry import Registry
+from intentflow.registry import open_registry
 
 
 @dataclass(frozen=True)
@@ -41,7 +41,7 @@ def score_production(registry_root: str | Path, golden_folder: str | Path,
                      unknown_label: str = "unknown") -> ProductionScore:
     """Score the registry's production version; a registry without one gives a row that says so."""
     now = datetime.now(UTC).isoformat(timespec="seconds")
-    registry = Registry(registry_root)
+    registry = open_registry(registry_root)
     version = registry.production()
     if version is None:
         return ProductionScore(now, None, note=f"no production version in {registry_root} yet")

@@ -169,11 +169,13 @@ class _WritesMarker:
         return (exec, (f"open({str(self.marker)!r}, 'w').write('ran')",))
 
 
-def test_checkpoint_that_would_run_code_is_refused(checkpoint, tmp_path):
+@pytest.mark.parametrize("place", ["folder", "s3"], indirect=True)
+def test_checkpoint_that_would_run_code_is_refused(checkpoint, tmp_path, place):
     payload = torch.load(checkpoint, map_location="cpu", weights_only=True)
     marker = tmp_path / "marker"
-    evil = tmp_path / "evil.pt"
-    torch.save({**payload, "metrics": {**payload["metrics"], "note": _WritesMarker(marker)}}, evil)
+    local = tmp_path / "evil.pt"
+    torch.save({**payload, "metrics": {**payload["metrics"], "note": _WritesMarker(marker)}}, local)
+    evil = place(local)  # a file, or an object in the test S3 server
 
     with pytest.raises(IntentflowError) as info:
         Classifier.load(evil)
@@ -233,6 +235,22 @@ def test_missing_checkpoint_names_the_file(tmp_path):
         Classifier.load(tmp_path / "absent.pt")
 
     assert str(tmp_path / "absent.pt") in str(info.value)
+
+
+@pytest.mark.parametrize("place", ["s3"], indirect=True)
+def test_a_checkpoint_url_loads_and_predicts_as_the_file(checkpoint, place):
+    url = place(checkpoint)
+    loaded, local = Classifier.load(url), Classifier.load(checkpoint)
+    assert loaded.predict_batch(PROBES) == local.predict_batch(PROBES)
+    assert load_classifier(url)[2] == load_classifier(checkpoint)[2]
+    absent = url.rsplit("/", 1)[0] + "/absent.pt"
+    with pytest.raises(IntentflowError, match=f"checkpoint {absent} does not exist"):
+        Classifier.load(absent)
+
+
+def test_a_url_whose_backend_is_missing_names_the_extra():
+    with pytest.raises(IntentflowError, match=r"nosuchscheme://bucket/model.pt.*fix:"):
+        Classifier.load("nosuchscheme://bucket/model.pt")
 
 
 @pytest.mark.parametrize(

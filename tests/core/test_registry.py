@@ -16,7 +16,7 @@ import pytest
 from intentflow import fileio
 from intentflow import registry as registry_module
 from intentflow.errors import IntentflowError
-from intentflow.registry import Registry, Version, resolve_checkpoint
+from intentflow.registry import Registry, Version, open_registry, resolve_checkpoint
 
 MARCH = datetime(2026, 3, 5, tzinfo=UTC)
 CONFIG = {"prepare": {"augment_factor": 20, "seed": 1},
@@ -46,12 +46,20 @@ def leftovers(root: Path) -> list[str]:
     return sorted(path.name for path in root.iterdir() if path.name.startswith(fileio.TEMP_PREFIX))
 
 
+# Tests of what a registry means run against a folder and a bucket of the test S3 server alike; those of how a
+# folder is written run against a folder.
+BOTH_STORES = pytest.mark.parametrize("registry", ["folder", "s3"], indirect=True)
+
+
 @pytest.fixture
-def registry(tmp_path: Path) -> Registry:
-    return Registry(tmp_path / "registry")
+def registry(request: pytest.FixtureRequest, tmp_path: Path) -> Registry:
+    if getattr(request, "param", "folder") == "folder":
+        return Registry(tmp_path / "registry")
+    return open_registry(request.getfixturevalue("object_store").new_location())
 
 
 # --- names -----------------------------------------------------------------------------------------------------------
+@BOTH_STORES
 def test_versions_are_named_by_month_then_numbered(registry: Registry) -> None:
     assert registry.next_name(MARCH) == "intent_model_v2026-03"
     names = [add(registry).name for _ in range(3)]
@@ -64,6 +72,7 @@ def test_the_default_name_is_this_month(registry: Registry) -> None:
     assert registry.next_name() == f"intent_model_v{datetime.now(UTC):%Y-%m}"
 
 
+@BOTH_STORES
 def test_versions_are_listed_oldest_first(registry: Registry) -> None:
     # Same second: the number orders them, so -10 comes after -9, not after the first.
     stamp = "2026-03-05T10:00:00+00:00"
@@ -72,6 +81,7 @@ def test_versions_are_listed_oldest_first(registry: Registry) -> None:
     assert names[-1] == "intent_model_v2026-03-10"
 
 
+@BOTH_STORES
 def test_a_new_month_sorts_after_the_old_one(registry: Registry) -> None:
     march = add(registry, created_at="2026-03-31T23:59:00+00:00")
     april = add(registry, when=datetime(2026, 4, 1, tzinfo=UTC), created_at="2026-04-01T00:01:00+00:00")
@@ -130,6 +140,7 @@ def test_a_failed_write_leaves_no_version_and_no_temp(registry: Registry, monkey
     assert leftovers(registry.root) == []
 
 
+@BOTH_STORES
 def test_an_existing_name_is_never_overwritten(registry: Registry) -> None:
     version = add(registry)
     with pytest.raises(IntentflowError, match="already exists"), registry.lock():
@@ -189,6 +200,7 @@ def test_a_torn_last_history_line_is_skipped(registry: Registry) -> None:
     assert [event["action"] for event in registry.history()] == ["promote"]
 
 
+@BOTH_STORES
 def test_status_of_each_version(registry: Registry) -> None:
     first = add(registry)
     rejected = add(registry, promote=False, accuracy=0.2)
@@ -199,6 +211,7 @@ def test_status_of_each_version(registry: Registry) -> None:
         first.name: "previous", rejected.name: "rejected", second.name: "production", accepted.name: "accepted"}
 
 
+@BOTH_STORES
 def test_the_lock_is_exclusive(registry: Registry) -> None:
     order: list[str] = []
     inside = threading.Event()
@@ -220,6 +233,7 @@ def test_the_lock_is_exclusive(registry: Registry) -> None:
 
 
 # --- up to date ------------------------------------------------------------------------------------------------------
+@BOTH_STORES
 def test_same_outcomes_and_config_is_up_to_date(registry: Registry) -> None:
     version = add(registry)
     current = registry.up_to_date("hash-1", json.loads(json.dumps(CONFIG)))
@@ -248,6 +262,7 @@ def test_different_outcomes_are_not_up_to_date(registry: Registry) -> None:
     assert registry.up_to_date("hash-2", CONFIG) is None
 
 
+@BOTH_STORES
 def test_only_production_counts_for_up_to_date(registry: Registry) -> None:
     add(registry, outcome_hash="hash-1")
     add(registry, promote=False, outcome_hash="hash-2")  # rejected: production is still the first
@@ -256,6 +271,7 @@ def test_only_production_counts_for_up_to_date(registry: Registry) -> None:
 
 
 # --- rollback --------------------------------------------------------------------------------------------------------
+@BOTH_STORES
 def test_rollback_returns_to_the_version_production_replaced(registry: Registry) -> None:
     first = add(registry)
     add(registry, promote=False)
@@ -268,6 +284,7 @@ def test_rollback_returns_to_the_version_production_replaced(registry: Registry)
     assert registry.history()[-1] == event
 
 
+@BOTH_STORES
 def test_rollback_to_a_named_version(registry: Registry) -> None:
     first = add(registry)
     add(registry)
@@ -277,6 +294,7 @@ def test_rollback_to_a_named_version(registry: Registry) -> None:
     assert registry.history()[-1]["previous"] == third.name
 
 
+@BOTH_STORES
 def test_rollback_with_no_earlier_version_is_a_clear_error(registry: Registry) -> None:
     only = add(registry)
     with pytest.raises(IntentflowError, match="no earlier production version to roll back to.*--to VERSION"):
@@ -285,11 +303,13 @@ def test_rollback_with_no_earlier_version_is_a_clear_error(registry: Registry) -
     assert len(registry.history()) == 1
 
 
+@BOTH_STORES
 def test_rollback_in_an_empty_registry_is_a_clear_error(registry: Registry) -> None:
     with pytest.raises(IntentflowError, match="no earlier production version"):
         registry.rollback()
 
 
+@BOTH_STORES
 def test_rollback_refuses_unknown_rejected_and_current_versions(registry: Registry) -> None:
     first = add(registry)
     rejected = add(registry, promote=False)
@@ -325,6 +345,7 @@ def test_a_production_pointer_to_a_missing_checkpoint_is_a_clear_error(registry:
         resolve_checkpoint(registry.root)
 
 
+@BOTH_STORES
 def test_rolling_back_twice_walks_further_back(registry: Registry) -> None:
     first = add(registry)
     second = add(registry)

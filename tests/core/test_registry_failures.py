@@ -8,6 +8,7 @@ calls of the publishing path fail with ENOSPC, one at a time.
 from __future__ import annotations
 
 import errno
+import io
 import json
 import os
 import shutil
@@ -17,6 +18,7 @@ from typing import Any
 
 import pytest
 import torch
+from registry_files import RegistryFiles
 
 from intentflow import fileio
 from intentflow.checkpoint import build_payload
@@ -26,12 +28,13 @@ from intentflow.evaluate import evaluate_model
 from intentflow.gate import GateDecision
 from intentflow.inference import Classifier, build_model
 from intentflow.publish import Publication, publish_version
-from intentflow.registry import Registry
+from intentflow.registry import Registry, open_registry
+from intentflow.storage import Location
 
 PROBE = "will it rain tomorrow"
 
 
-def publish(root: Path, payload: dict[str, Any], promote: bool = True, why: str = "test") -> Publication:
+def publish(root: Location, payload: dict[str, Any], promote: bool = True, why: str = "test") -> Publication:
     """Publish ``payload`` the way the flow does, with the gate's decision given."""
     classifier = Classifier(*build_model(payload), payload=payload)
     evaluation = evaluate_model(classifier, payload["validation"]["text"], payload["validation"]["label"])
@@ -206,22 +209,34 @@ def test_a_torn_history_line_cut_inside_a_character_is_skipped_and_the_next_line
 
 
 # --- production's files missing or damaged ---------------------------------------------------------------------------
-def _pointer(content: str) -> Callable[[Path], None]:
-    return lambda root: (root / "production.json").write_text(content, encoding="utf-8")
+def _production(files: RegistryFiles) -> str:
+    name = open_registry(files.root).production_name()
+    return f"{name}/{name}.pt"
 
 
-def _checkpoint(change: Callable[[bytes], bytes]) -> Callable[[Path], None]:
-    def damage(root: Path) -> None:
-        checkpoint = Registry(root).production().checkpoint
-        checkpoint.write_bytes(change(checkpoint.read_bytes()))
+def _pointer(content: str) -> Callable[[RegistryFiles], None]:
+    return lambda files: files.write("production.json", content.encode("utf-8"))
+
+
+def _checkpoint(change: Callable[[bytes], bytes]) -> Callable[[RegistryFiles], None]:
+    def damage(files: RegistryFiles) -> None:
+        files.write(_production(files), change(files.read(_production(files))))
     return damage
 
 
-def _wrong_shape(root: Path) -> None:
-    checkpoint = Registry(root).production().checkpoint
-    payload = torch.load(checkpoint, weights_only=True)
+def _payload_change(change: Callable[[dict[str, Any]], Any]) -> Callable[[RegistryFiles], None]:
+    """Production's checkpoint re-saved with ``change`` made to its payload."""
+    def damage(files: RegistryFiles) -> None:
+        payload = torch.load(io.BytesIO(files.read(_production(files))), weights_only=True)
+        buffer = io.BytesIO()
+        torch.save(change(payload), buffer)
+        files.write(_production(files), buffer.getvalue())
+    return damage
+
+
+def _wrong_shape(payload: dict[str, Any]) -> dict[str, Any]:
     payload["state_dict"]["output.bias"] = torch.zeros(7)
-    torch.save(payload, checkpoint)
+    return payload
 
 
 class _RunsCode:
@@ -229,23 +244,18 @@ class _RunsCode:
         return (print, ("this must never run",))
 
 
-def _runs_code(root: Path) -> None:
-    checkpoint = Registry(root).production().checkpoint
-    payload = torch.load(checkpoint, weights_only=True)
-    torch.save({**payload, "metrics": _RunsCode()}, checkpoint)
-
-
 # (damage, the file the message must name, the fix it must suggest)
-DAMAGE: dict[str, tuple[Callable[[Path], None], str, str]] = {
-    "checkpoint deleted": (lambda root: Registry(root).production().checkpoint.unlink(), ".pt", "intentflow rollback"),
-    "version folder deleted": (lambda root: shutil.rmtree(Registry(root).production().path), ".pt",
+DAMAGE: dict[str, tuple[Callable[[RegistryFiles], None], str, str]] = {
+    "checkpoint deleted": (lambda files: files.delete(_production(files)), ".pt", "intentflow rollback"),
+    "version folder deleted": (lambda files: files.delete(_production(files).split("/")[0]), ".pt",
                                "intentflow rollback"),
     "checkpoint truncated": (_checkpoint(lambda raw: raw[: len(raw) // 2]), ".pt", "intentflow rollback"),
     "checkpoint empty": (_checkpoint(lambda raw: b""), ".pt", "intentflow rollback"),
     "checkpoint is text": (_checkpoint(lambda raw: b"version https://git-lfs.github.com/spec/v1\n"), ".pt",
                            "intentflow rollback"),
-    "checkpoint of the wrong shape": (_wrong_shape, ".pt", "intentflow rollback"),
-    "checkpoint that would run code": (_runs_code, ".pt", "intentflow rollback"),
+    "checkpoint of the wrong shape": (_payload_change(_wrong_shape), ".pt", "intentflow rollback"),
+    "checkpoint that would run code": (_payload_change(lambda payload: {**payload, "metrics": _RunsCode()}), ".pt",
+                                       "intentflow rollback"),
     "pointer not JSON": (_pointer("{"), "production.json", "intentflow rollback --registry"),
     "pointer empty": (_pointer(""), "production.json", "intentflow rollback --registry"),
     "pointer version a number": (_pointer('{"version": 5}'), "production.json", "intentflow rollback --registry"),
@@ -256,11 +266,19 @@ DAMAGE: dict[str, tuple[Callable[[Path], None], str, str]] = {
 }
 
 
+@pytest.mark.parametrize("store", ["folder", "s3"])
 @pytest.mark.parametrize("damage", DAMAGE)
-def test_damaged_production_is_named_with_rollback_as_the_fix(damage: str, registry_root: Path,
+def test_damaged_production_is_named_with_rollback_as_the_fix(damage: str, store: str, payload: dict[str, Any],
+                                                              tmp_path: Path, request: pytest.FixtureRequest,
                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    if store == "folder":
+        registry_root: Location = request.getfixturevalue("registry_root")
+    else:
+        registry_root = request.getfixturevalue("object_store").new_location("damaged")
+        publish(registry_root, payload, why="first")
+        publish(registry_root, payload, why="second")
     make, named, fix = DAMAGE[damage]
-    make(registry_root)
+    make(RegistryFiles(registry_root))
 
     for command in (["predict", "--checkpoint", str(registry_root), PROBE],
                     ["evaluate", "--checkpoint", str(registry_root)]):
@@ -271,7 +289,7 @@ def test_damaged_production_is_named_with_rollback_as_the_fix(damage: str, regis
         assert named in err and fix in err, err
 
     # The suggested fix works: back to the version production replaced, which serves again.
-    first = Registry(registry_root).versions()[0].name
+    first = open_registry(registry_root).versions()[0].name
     assert main(["rollback", "--registry", str(registry_root), "--to", first]) == 0
     capsys.readouterr()
     assert main(["predict", "--checkpoint", str(registry_root), "--json", PROBE]) == 0

@@ -4,7 +4,8 @@ publication whole, one after the other.
 Two publisher processes (tests/flows/publisher.py, the flow's last step) are released together and publish eight
 versions each. (That a deployment runs one retrain at a time, `concurrency_limit: 1`, is tested in
 test_deployments.py; this is what protects the registry when two runs happen anyway, e.g. `intentflow retrain` by
-hand while the deployment runs.)
+hand while the deployment runs.) The same holds for a registry in a bucket of the test S3 server, where the two could
+as well be on two machines: nothing but the store's conditional writes keeps them apart.
 """
 
 from __future__ import annotations
@@ -16,22 +17,30 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from registry_checks import assert_consistent, assert_history_is_a_chain
+import pytest
+from registry_checks import assert_consistent, assert_history_is_a_chain, publish_next
 
-from intentflow.registry import Registry
+from intentflow.registry import Registry, open_registry
 
 PUBLISHER = Path(__file__).with_name("publisher.py")
 EACH = 8
 
 
-def test_two_publishers_at_once_never_interleave(promoted_twice: dict[str, Any], tmp_path: Path) -> None:
-    root = Path(shutil.copytree(promoted_twice["registry"], tmp_path / "registry"))
-    checkpoint = Path(shutil.copy(Registry(root).production().checkpoint, tmp_path / "candidate.pt"))
-    before = [version.name for version in Registry(root).versions()]
-    events_before = len(Registry(root).history())
+@pytest.mark.parametrize("store", ["folder", "s3"])
+def test_two_publishers_at_once_never_interleave(promoted_twice: dict[str, Any], tmp_path: Path, store: str,
+                                                 request: pytest.FixtureRequest) -> None:
+    checkpoint = Path(shutil.copy(Registry(promoted_twice["registry"]).production().checkpoint,
+                                  tmp_path / "candidate.pt"))
+    if store == "folder":
+        root = str(shutil.copytree(promoted_twice["registry"], tmp_path / "registry"))
+    else:
+        root = request.getfixturevalue("object_store").new_location("two-publishers")
+        publish_next(root, checkpoint)
+    before = [version.name for version in open_registry(root).versions()]
+    events_before = len(open_registry(root).history())
     go = tmp_path / "go"
     publishers = [
-        subprocess.Popen([sys.executable, str(PUBLISHER), str(root), str(checkpoint), "--count", str(EACH),
+        subprocess.Popen([sys.executable, str(PUBLISHER), root, str(checkpoint), "--count", str(EACH),
                           "--tag", tag, "--start-file", str(go)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                          text=True, env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"})
         for tag in ("first", "second")

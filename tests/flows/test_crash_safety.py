@@ -5,6 +5,7 @@ Three ways to die: at named points between the steps of publishing (``INTENTFLOW
 ``intentflow.fileio.crash_point``), at random moments of a publication, and the real `intentflow retrain` killed
 during training and at two of the named points. Most kills hit a small publisher process (tests/flows/publisher.py,
 the flow's last step without Prefect), which starts in a second or two; the real command pays for Prefect's server.
+The publisher's kills run against a folder and against a bucket of the test S3 server (tests/object_store.py).
 """
 
 from __future__ import annotations
@@ -26,15 +27,12 @@ from typing import Any
 
 import pytest
 from flow_helpers import TINY, prefect_env, retrain_command
-from registry_checks import assert_consistent, assert_history_is_a_chain
+from registry_checks import assert_consistent, assert_history_is_a_chain, publish_next
+from registry_files import RegistryFiles
 
-from intentflow.checkpoint import load_checkpoint
-from intentflow.evaluate import evaluate_model
 from intentflow.fileio import CRASH_POINT_VARIABLE, TEMP_PREFIX, crash_point
-from intentflow.gate import GateDecision
-from intentflow.inference import Classifier, build_model
-from intentflow.publish import publish_version
-from intentflow.registry import Registry
+from intentflow.registry import Registry, open_registry
+from intentflow.storage import Location
 
 PUBLISHER = Path(__file__).with_name("publisher.py")
 # Each named point, and whether production has moved to the new version when the process dies there.
@@ -47,7 +45,7 @@ CRASH_POINTS = {
     "pointer-moved": True,  # production moved, its history line not yet written
     "history-appended": True,  # everything done but releasing the lock
 }
-RANDOM_KILLS = 10
+RANDOM_KILLS = {"folder": 10, "s3": 5}  # a bucket's publications take longer; every named point is killed anyway
 SEED = 20261124
 
 
@@ -60,11 +58,27 @@ def base(promoted_twice: dict[str, Any], tmp_path_factory: pytest.TempPathFactor
     return {"registry": promoted_twice["registry"], "outcomes": promoted_twice["outcomes"], "checkpoint": checkpoint}
 
 
-def copy_registry(base: dict[str, Path], destination: Path) -> Path:
+@pytest.fixture(scope="module", params=["folder", "s3"])
+def stored_base(request: pytest.FixtureRequest, base: dict[str, Any]) -> dict[str, Any]:
+    """``base``, or a two-version registry of the same checkpoint in a bucket (published there, so it has the
+    bucket's history layout)."""
+    if request.param == "folder":
+        return base
+    store = request.getfixturevalue("object_store")
+    root = store.new_location("crash-base")
+    publish_next(root, base["checkpoint"])
+    publish_next(root, base["checkpoint"])
+    return {**base, "registry": root, "store": store, "kind": "s3"}
+
+
+def copy_registry(base: dict[str, Any], destination: Path) -> Location:
+    """A copy of the base registry to change: in ``destination``, or in a new prefix of the base's bucket."""
+    if "store" in base:
+        return RegistryFiles(base["registry"]).copy_to(base["store"].new_location(destination.name))
     return Path(shutil.copytree(base["registry"], destination))
 
 
-def publisher(registry: Path, checkpoint: Path, count: int = 1, **env: str) -> subprocess.Popen[str]:
+def publisher(registry: Location, checkpoint: Path, count: int = 1, **env: str) -> subprocess.Popen[str]:
     return subprocess.Popen([sys.executable, str(PUBLISHER), str(registry), str(checkpoint), "--count", str(count)],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
                             env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", **env})
@@ -102,16 +116,7 @@ def finish(process: subprocess.Popen[str]) -> tuple[int, str]:
     return code, "".join(rest)
 
 
-def publish_next(root: Path, checkpoint: Path) -> str:
-    """The next run's publication, in this process: it must go through after any crash."""
-    payload = load_checkpoint(checkpoint)
-    classifier = Classifier(*build_model(payload), payload=payload)
-    evaluation = evaluate_model(classifier, payload["validation"]["text"], payload["validation"]["label"])
-    decision = GateDecision(True, evaluation.accuracy, 0.5, 0.01, None, None, "the run after the crash")
-    return publish_version(root, payload, evaluation, decision, "after a crash", {"by": "test"}).version
-
-
-def check_recovery(root: Path, checkpoint: Path, before: list[str]) -> Registry:
+def check_recovery(root: Location, checkpoint: Path, before: list[str]) -> Registry:
     """After a kill: consistent as it is, then the next publication succeeds, cleans up and keeps the chain."""
     registry = assert_consistent(root)
     versions = [version.name for version in registry.versions()]
@@ -119,19 +124,21 @@ def check_recovery(root: Path, checkpoint: Path, before: list[str]) -> Registry:
     new = publish_next(root, checkpoint)
     registry = assert_consistent(root)
     assert registry.production_name() == new
-    assert not [path.name for path in root.iterdir() if path.name.startswith(TEMP_PREFIX)]
+    assert RegistryFiles(root).leftovers() == []
     assert_history_is_a_chain(registry)
     return registry
 
 
-def test_killed_at_each_named_point(base: dict[str, Path], tmp_path: Path) -> None:
-    def crash_at(point: str) -> tuple[str, Path, int, str]:
+def test_killed_at_each_named_point(stored_base: dict[str, Any], tmp_path: Path) -> None:
+    base = stored_base
+
+    def crash_at(point: str) -> tuple[str, Location, int, str]:
         root = copy_registry(base, tmp_path / point.replace(":", "-"))
         code, output = finish(publisher(root, base["checkpoint"], **{CRASH_POINT_VARIABLE: point}))
         return point, root, code, output
 
-    before = [version.name for version in Registry(base["registry"]).versions()]
-    old_production = Registry(base["registry"]).production_name()
+    before = [version.name for version in open_registry(base["registry"]).versions()]
+    old_production = open_registry(base["registry"]).production_name()
     with ThreadPoolExecutor(max_workers=3) as pool:
         results = list(pool.map(crash_at, CRASH_POINTS))
 
@@ -142,11 +149,12 @@ def test_killed_at_each_named_point(base: dict[str, Path], tmp_path: Path) -> No
         assert moved == CRASH_POINTS[point], point
         check_recovery(root, base["checkpoint"], before)
     # Killed with the pointer moved but its history line unwritten, the next publication records it late.
-    history = Registry(tmp_path / "pointer-moved").history()
+    history = open_registry(next(root for point, root, _, _ in results if point == "pointer-moved")).history()
     assert "recorded late" in history[-2]["why"]
 
 
-def test_killed_at_random_moments_of_a_publication(base: dict[str, Path], tmp_path: Path) -> None:
+def test_killed_at_random_moments_of_a_publication(stored_base: dict[str, Any], tmp_path: Path) -> None:
+    base = stored_base
     # One undisturbed run of three publications measures how long the kills may wait after "ready".
     measured = copy_registry(base, tmp_path / "measured")
     process = publisher(measured, base["checkpoint"], count=3)
@@ -155,11 +163,12 @@ def test_killed_at_random_moments_of_a_publication(base: dict[str, Path], tmp_pa
     code, output = finish(process)
     duration = time.monotonic() - started
     assert code == 0, output
-    assert len(Registry(measured).versions()) == len(Registry(base["registry"]).versions()) + 3
+    assert len(open_registry(measured).versions()) == len(open_registry(base["registry"]).versions()) + 3
 
-    delays = [random.Random(SEED + index).uniform(0, duration) for index in range(RANDOM_KILLS)]
+    kills = RANDOM_KILLS[base.get("kind", "folder")]
+    delays = [random.Random(SEED + index).uniform(0, duration) for index in range(kills)]
 
-    def kill_after(index: int) -> tuple[float, Path, int, str]:
+    def kill_after(index: int) -> tuple[float, Location, int, str]:
         root = copy_registry(base, tmp_path / f"kill-{index}")
         process = publisher(root, base["checkpoint"], count=3)
         wait_for_line(process, "ready")
@@ -169,9 +178,9 @@ def test_killed_at_random_moments_of_a_publication(base: dict[str, Path], tmp_pa
         return delays[index], root, code, output
 
     with ThreadPoolExecutor(max_workers=2) as pool:
-        results = list(pool.map(kill_after, range(RANDOM_KILLS)))
+        results = list(pool.map(kill_after, range(kills)))
 
-    before = [version.name for version in Registry(base["registry"]).versions()]
+    before = [version.name for version in open_registry(base["registry"]).versions()]
     for delay, root, _code, output in results:
         published = output.count("published ")
         registry = assert_consistent(root)
@@ -182,7 +191,7 @@ def test_killed_at_random_moments_of_a_publication(base: dict[str, Path], tmp_pa
         new = publish_next(root, base["checkpoint"])
         registry = assert_consistent(root)
         assert registry.production_name() == new
-        assert not [path.name for path in root.iterdir() if path.name.startswith(TEMP_PREFIX)]
+        assert RegistryFiles(root).leftovers() == []
         assert_history_is_a_chain(registry)
 
 

@@ -2,7 +2,9 @@
 
 Everything runs on 127.0.0.1 in processes this test starts and stops: ``prefect server start``, a script that serves
 the retrain deployment exactly as ``intentflow serve`` does (with tiny training parameters and a temporary registry),
-and ``intentflow watch``.
+and ``intentflow watch``. The server keeps its database in PostgreSQL, as a team's shared server should
+(tests/flows/postgres.py starts one), or where Debian's package is missing in SQLite, as `make server` does (the
+other server tests run on SQLite).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Any
 
 import pytest
 from flow_helpers import REPO, TINY, Processes, post, prefect_env, start_server, wait_for, write_outcomes
+from postgres import binaries as postgres_binaries
 
 from flows.deployments import RETRAIN_DEPLOYMENT
 from intentflow.outcomes import load_outcomes
@@ -47,10 +50,15 @@ SERVE_SCRIPT = textwrap.dedent("""
 
 
 @pytest.mark.slow
-def test_an_outcome_edit_retrains_through_the_served_deployment(tmp_path: Path, processes: Processes) -> None:
+def test_an_outcome_edit_retrains_through_the_served_deployment(tmp_path: Path, processes: Processes,
+                                                                request: pytest.FixtureRequest) -> None:
     outcomes = write_outcomes(tmp_path / "outcomes")
     registry = tmp_path / "registry"
-    api = start_server(processes, tmp_path)
+    database = "postgresql" if postgres_binaries() is not None else "sqlite"
+    server_env = {}
+    if database == "postgresql":
+        server_env["PREFECT_API_DATABASE_CONNECTION_URL"] = request.getfixturevalue("postgres").url
+    api = start_server(processes, tmp_path, **server_env)
 
     # The runner keeps a scratch folder under TMPDIR: inside this test's folder, it goes with it.
     (tmp_path / "tmp").mkdir()
@@ -126,3 +134,15 @@ def test_an_outcome_edit_retrains_through_the_served_deployment(tmp_path: Path, 
     assert version.info["run"]["flow_run_id"] == run["id"]
     assert version.info["run"]["changed_paths"] == ["set_alarm.json"]
     assert [event["action"] for event in published.history()] == ["promote"]
+
+    # The run's artifacts: the report, the versions table and the checkpoint link (and the progress bar, unkeyed).
+    artifacts = post(api, "/artifacts/filter", {"artifacts": {"flow_run_id": {"any_": [run["id"]]}}})
+    keys = {"intent-model-report", "intent-model-versions", "intent-model-checkpoint"}
+    assert {artifact["key"] for artifact in artifacts} - {None} == keys
+    if database == "postgresql":
+        # The server kept all of it in PostgreSQL.
+        postgres = request.getfixturevalue("postgres")
+        assert postgres.query(f"select state_type from flow_run where id = '{run['id']}'") == "COMPLETED"
+        assert postgres.query("select count(*) from automation") == "1"
+        assert postgres.query(f"select count(*) from artifact where flow_run_id = '{run['id']}' and key in "
+                              f"({', '.join(repr(key) for key in sorted(keys))})") == "3"

@@ -23,7 +23,8 @@ from flows.retrain import (
 )
 from intentflow.cli import main
 from intentflow.errors import ValidationFailed
-from intentflow.registry import Registry
+from intentflow.inference import Classifier
+from intentflow.registry import Registry, open_registry
 from tasks.train import refit_model
 
 pytestmark = pytest.mark.usefixtures("harness")
@@ -332,6 +333,31 @@ def test_artifacts_hold_the_version_and_accuracy(make_params: Callable[..., Retr
     [table] = read_artifacts(third.state_details.flow_run_id, VERSIONS_ARTIFACT_KEY)
     assert [row["version"] for row in table_rows(table)] == [newer.name, older.name]
     assert not read_artifacts(third.state_details.flow_run_id, REPORT_ARTIFACT_KEY)
+
+
+def test_a_run_publishes_into_a_bucket_and_links_the_object(make_params: Callable[..., RetrainParameters],
+                                                           object_store: Any) -> None:
+    url = object_store.new_location("flow")
+    state = retrain(make_params(registry=url), return_state=True)
+    assert state.is_completed(), state.message
+    registry = open_registry(url)
+    [version] = registry.versions()
+    assert registry.production_name() == version.name
+    assert version.checkpoint == f"{url}/{version.name}/{version.name}.pt"
+    assert Classifier.load(url).predict("will it rain tomorrow").label == "check_weather"
+    [link] = read_artifacts(state.state_details.flow_run_id, CHECKPOINT_ARTIFACT_KEY)
+    # The object's address on the store's endpoint (path style), which a browser can ask for.
+    key = url.removeprefix("s3://")
+    assert link.data == f"[{version.name} checkpoint]({object_store.endpoint}/{key}/{version.name}/{version.name}.pt)"
+    assert version.checkpoint in link.description
+    assert "up to date" in retrain(make_params(registry=url), return_state=True).message
+
+
+def test_a_folder_registry_link_says_the_file_is_on_the_worker(make_params: Callable[..., RetrainParameters]) -> None:
+    state = retrain(make_params(), return_state=True)
+    [link] = read_artifacts(state.state_details.flow_run_id, CHECKPOINT_ARTIFACT_KEY)
+    assert link.data.startswith("[") and "(file://" in link.data
+    assert "a file on the worker" in link.description and "not reachable from other machines" in link.description
 
 
 def test_rejected_run_artifacts_say_rejected(make_params: Callable[..., RetrainParameters]) -> None:
