@@ -14,11 +14,12 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from bad_outcomes import CASES, COMMITTED, COMMITTED_CASES, build_corpus, snapshot
-from flow_helpers import TINY
 
 from intentflow.fileio import TEMP_PREFIX
 from intentflow.registry import Registry
+
+from .bad_outcomes import CASES, COMMITTED, COMMITTED_CASES, build_corpus, snapshot
+from .flow_helpers import TINY
 
 
 @pytest.fixture(scope="module")

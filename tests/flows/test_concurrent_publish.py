@@ -16,9 +16,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from registry_checks import assert_consistent, assert_history_is_a_chain
-
 from intentflow.registry import Registry
+
+from .registry_checks import assert_consistent, assert_history_is_a_chain
 
 PUBLISHER = Path(__file__).with_name("publisher.py")
 EACH = 8

@@ -25,8 +25,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from flow_helpers import TINY, prefect_env, retrain_command
-from registry_checks import assert_consistent, assert_history_is_a_chain
 
 from intentflow.checkpoint import load_checkpoint
 from intentflow.evaluate import evaluate_model
@@ -35,6 +33,9 @@ from intentflow.gate import GateDecision
 from intentflow.inference import Classifier, build_model
 from intentflow.publish import publish_version
 from intentflow.registry import Registry
+
+from .flow_helpers import TINY, prefect_env, retrain_command
+from .registry_checks import assert_consistent, assert_history_is_a_chain
 
 PUBLISHER = Path(__file__).with_name("publisher.py")
 # Each named point, and whether production has moved to the new version when the process dies there.

@@ -15,11 +15,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from flow_helpers import REPO, TINY, Processes, post, prefect_env, start_server, wait_for, write_outcomes
 
 from flows.deployments import RETRAIN_DEPLOYMENT
 from intentflow.outcomes import load_outcomes
 from intentflow.registry import Registry
+
+from .flow_helpers import REPO, TINY, Processes, post, prefect_env, start_server, wait_for, write_outcomes
 
 BIN = Path(sys.executable).parent
 RUN_TIMEOUT = 180.0

@@ -7,10 +7,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from flow_helpers import read_artifacts, table_rows
 
 from intentflow.errors import IntentflowError
 from intentflow.fewshot import FewshotRun, markdown_table, run_fewshot, summary_rows
+
+from .flow_helpers import read_artifacts, table_rows
 
 TRAIN = {
     "check_weather": ["what is the weather today", "will it rain tomorrow", "is it sunny outside",

@@ -11,7 +11,6 @@ from typing import Any
 
 import pytest
 import torch
-from flow_helpers import read_artifacts, table_rows
 from prefect import task
 
 from flows.retrain import (
@@ -25,6 +24,8 @@ from intentflow.cli import main
 from intentflow.errors import ValidationFailed
 from intentflow.registry import Registry
 from tasks.train import refit_model
+
+from .flow_helpers import read_artifacts, table_rows
 
 pytestmark = pytest.mark.usefixtures("harness")
 
