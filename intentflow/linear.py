@@ -2,7 +2,7 @@
 
 A bag-of-words MLP trained on hundreds of paraphrases per outcome and a logistic regression on the examples alone
 make different mistakes. On CLINC150 10-shot val.jsonl, through the flow, the average of their logits scored
-82.61% against the MLP's 81.47% (3 seeds, every seed better; benchmarks/RESULTS.md).
+82.61% against the MLP's 81.47% (3 seeds, every seed better; docs/decisions.md).
 
 The mixture needs no second model at serving time. ``share * z + (1 - share) * mlp(x)``, with ``z = W x + b`` the
 linear logits, is a wider network of the same shape: ``z = relu(z) - relu(-z)``, so ``W`` and ``-W`` become
@@ -22,14 +22,14 @@ from intentflow.model import IntentMLP
 
 # Inverse L2 strength of the logistic regression, as scikit-learn's C: the loss summed over rows plus half the
 # squared weights over C. On CLINC150 10-shot val.jsonl (mixed at 0.5, 3 seeds) 30: 82.54%, 100: 82.61%,
-# 300: 82.56% (benchmarks/RESULTS.md).
+# 300: 82.56% (docs/decisions.md).
 LINEAR_C = 100.0
 # L-BFGS iterations at most; the 1,350 examples of CLINC150 10-shot converge in fewer.
 MAX_ITERATIONS = 500
 # Pairs of vectors L-BFGS keeps (scipy's default), each as large as the weights, [used features, labels]. A fit on
 # CLINC150 10-shot (20,483 features, 150 labels; a scratch script, twice) with 20 pairs peaked at 1,278-1,383 MB of
 # process memory in 6.95-7.00 s, with 10 at 926-938 MB in 5.73-5.81 s, to the same objective (0.2094284 against
-# 0.2094285; 2 of 3,000 val.jsonl predictions differ) (benchmarks/RESULTS.md).
+# 0.2094285; 2 of 3,000 val.jsonl predictions differ) (docs/decisions.md).
 HISTORY = 10
 
 

@@ -35,7 +35,7 @@ class ByteDropout(nn.Module):
         random_bytes = (torch.empty((size + 7) // 8, dtype=torch.int64, device=like.device)
                         .random_(-2**63, None).view(torch.uint8)[:size])
         # The comparison written straight into floats, not a boolean result converted: the playbook recipe's four
-        # 64 x 512 masks, draw included, in 106 us instead of 182 on 2 Intel Xeon cores (benchmarks/step_kernels.py).
+        # 64 x 512 masks, draw included, in 106 us instead of 182 (docs/decisions.md#speed-of-the-training-step).
         masks = torch.empty(size, dtype=like.dtype, device=like.device)
         return torch.ge(random_bytes, self.cutoff, out=masks).mul_(self.scale).view(count, *shape)
 
@@ -60,7 +60,7 @@ def run_layers(first: torch.Tensor, masks: torch.Tensor | None,
 
 
 # _BagSums' backward takes the matrix product where the rows are at most this many times the batch's entries. Forward
-# and backward of 64 bags of 512 units on 2 Intel Xeon cores (benchmarks/step_kernels.py, 3 runs): 487 rows (the
+# and backward of 64 bags of 512 units on 2 Intel Xeon cores (docs/decisions.md): 487 rows (the
 # playbook recipe) and 832 entries 285-298 us against 379-508 for the gather and add, 6,000 and 7,680 1.9-2.6 ms
 # against 2.8-4.3; 20,000 and 7,680 14.5-15.8 ms against 12.9-13.7.
 DENSE_BACKWARD_ROWS = 2
@@ -75,7 +75,7 @@ class _BagSums(torch.autograd.Function):
     """``F.embedding_bag`` (weighted sums of rows, bags end to end) with a backward that does not sort.
 
     PyTorch's own backward sorts the batch's indices first: on the playbook recipe that was 0.64 ms a step, more than
-    the rest of the first layer (benchmarks/RESULTS.md). Here the rows' gradient is one matrix product where the rows
+    the rest of the first layer (docs/decisions.md). Here the rows' gradient is one matrix product where the rows
     are few for the batch's entries (``DENSE_BACKWARD_ROWS``), else each entry's gradient added to its row with one
     ``index_add_``."""
 
@@ -114,7 +114,7 @@ class _Layers(torch.autograd.Function):
 
     Autograd of the same layers records a node per ReLU, dropout product and linear layer, and converts each dropout
     mask from bytes to floats twice; here the masks come from one draw and the backward pass is two matrix products,
-    a bias sum and two masking products a layer (benchmarks/RESULTS.md: the playbook recipe's step).
+    a bias sum and two masking products a layer (docs/decisions.md#speed-of-the-training-step).
     """
 
     @staticmethod
@@ -189,7 +189,7 @@ class IntentMLP(nn.Module):
                 hidden = F.embedding_bag(indices, rows, per_sample_weights=weights, mode="sum", padding_idx=0)
             else:
                 # No padding_idx: end-to-end bags hold no padding, and it would turn off the fast CPU kernel
-                # (forward and backward of a batch 2.84 ms against 4.12 padded, benchmarks/first_layer.py).
+                # (a batch's forward and backward a third faster: docs/decisions.md#speed-of-the-training-step).
                 hidden = (_BagSums.apply(indices, rows, weights, offsets) if torch.is_grad_enabled() else
                           F.embedding_bag(indices, rows, offsets=offsets, per_sample_weights=weights, mode="sum"))
             hidden = hidden + self.input_bias

@@ -180,8 +180,8 @@ class OnnxClassifier:
         """Softmax over labels, one row per text.
 
         The graph's work is a chunk's rows times its longest bag, so chunks are made of sentences of similar bag
-        length (the batch ordered by it) and each is padded to its own longest: padding was over 40% of the work
-        when chunks came in the batch's order (benchmarks/RESULTS.md).
+        length (the batch ordered by it) and each is padded to its own longest: in the batch's order padding was
+        much of the work (docs/decisions.md#speed-of-batch-prediction).
         """
         if len(texts) == 1:  # one sentence (predict): the vocabulary's one-sentence path, no sort or scatter
             indices, weights = self.vocab.encode(list(texts))

@@ -34,7 +34,7 @@ logger = logging.getLogger(__name__)
 # the correctly predicted validation originals fall. Chosen on CLINC150's val.jsonl (10-shot, data seeds 0-2, config
 # seeds 2025 and 7): the plain 0.25% quantile, which is one or two originals of about 170, cost 0.30-1.90 points of
 # in-scope accuracy (0.91 on average); 0.45 of the way to the 5% quantile, which about eight originals decide, cost
-# 0.67-1.27 (0.94). Measured from chance, the same rule fits three outcomes and 150 (benchmarks/RESULTS.md).
+# 0.67-1.27 (0.94). Measured from chance, the same rule fits three outcomes and 150 (docs/decisions.md).
 OOS_SHARE = 0.05
 OOS_SCALE = 0.45
 # Where sentence vectors of a frozen encoder are kept between runs (INTENTFLOW_CACHE_DIR overrides).
@@ -275,7 +275,7 @@ def continue_training(
        are), so the mix of a few new rows and a replay sample pulls no harder toward the new sentences than a full
        retrain would.
 
-    On the bundled outcomes (7 splits, benchmarks/RESULTS.md) stage 2 alone, unweighted, lost 3.6 points of
+    On the bundled outcomes (7 splits, docs/decisions.md) stage 2 alone, unweighted, lost 3.6 points of
     validation accuracy against a full retrain; both stages, weighted, lost none. The labels must be production's;
     the architecture is production's and must match ``config``.
     """
@@ -657,7 +657,7 @@ def _fold_linear(result: TrainedModel, texts: Sequence[str], labels: Sequence[st
     validation accuracy; its loss and accuracy then become the model's (``metrics``), ``history`` keeps the MLP's.
     Otherwise the MLP stays alone and ``result.linear`` None. On CLINC150 the mixture gained 1.7 points; on the
     bundled outcomes, whose validation rows are mostly paraphrases with synonyms the examples never held, it cost 13
-    (0.5687 against 0.6985), and the gate rejected the main job (benchmarks/RESULTS.md).
+    (0.5687 against 0.6985), and the gate rejected the main job (docs/decisions.md).
     """
     share = result.config.linear_share
     if not share or result.model.dense_input or not texts:
@@ -686,7 +686,7 @@ class _Bags:
     """The training rows' index bags laid end to end without padding, drawn batch by batch in an epoch's order.
 
     The first layer's fast kernel takes bags this way: a padded batch of the bundled outcomes has twice as many
-    slots as features, and needs ``padding_idx``, which turns that kernel off (benchmarks/first_layer.py). A
+    slots as features, and needs ``padding_idx``, which turns that kernel off (docs/decisions.md). A
     batch's entries are gathered on the device when it is drawn; the batches' sizes are read once an epoch, so no
     step waits on the host.
     """
@@ -724,7 +724,7 @@ class _Bags:
 # Adam's moments of a weight whose gradient stays zero (a word no batch holds, padding, a unit ReLU has switched off)
 # decay by 0.9 and 0.999 a step, and within a few hundred steps reach denormal floats (below 1.2e-38), which x86 CPUs
 # handle a hundred times slower: in the playbook recipe the fused AdamW step took 2.4 ms instead of 0.4 ms by epoch 10
-# (benchmarks/RESULTS.md). Moments below SCRUB_BELOW are zeroed every SCRUB_EVERY steps, which keeps them out
+# (docs/decisions.md). Moments below SCRUB_BELOW are zeroed every SCRUB_EVERY steps, which keeps them out
 # (1e-30 x 0.9^100 is still 3e-35). Such a moment moves its weight by about lr x 1e-30 / eps (3e-25 at lr 0.003).
 # (torch.set_flush_denormal would do it only for the calling thread, not the threads that run the kernels.)
 SCRUB_EVERY = 100
@@ -733,7 +733,7 @@ SCRUB_BELOW = 1e-30
 
 class _FusedAdamW:
     """``torch.optim.AdamW(fused=True)``'s update, one call of the same kernel a step without the optimiser's
-    Python around it (0.16 ms of a 0.69 ms step of the playbook recipe's optimiser, benchmarks/RESULTS.md).
+    Python around it (0.16 ms of a 0.69 ms step of the playbook recipe's optimiser, docs/decisions.md).
 
     The same arithmetic on the same state (``state[parameter]["exp_avg"]``, ``["exp_avg_sq"]``, ``["step"]``), so a
     run is bit for bit what ``torch.optim.AdamW(fused=True)`` gives (tests/core/test_train.py).
@@ -778,7 +778,7 @@ def _scrub_moments(optimizer: _FusedAdamW) -> None:
 
 # _RowAdam pays where the vocabulary has more rows than this many times a batch's bag entries. CLINC150's 10-shot set
 # augmented x500, with word pairs: 20,395 features, 7,819 entries a batch, 15.8 s an epoch against AdamW's 32.3 s;
-# the bundled outcomes: 5,813 features, 6,836 entries, 1.35 s against 0.87 s (benchmarks/row_update.py).
+# the bundled outcomes: 5,813 features, 6,836 entries, 1.35 s against 0.87 s (docs/decisions.md).
 ROWS_ONLY_ABOVE = 2.0
 
 
@@ -846,7 +846,7 @@ def _oos_threshold(result: TrainedModel, val_x: list[torch.Tensor] | None, val_y
         return float(setting)
     if result.encoder is None:
         # Bag-of-words confidences do not separate out-of-scope sentences: on CLINC150 10-shot a threshold calibrated
-        # this way caught 50% of them but cost 10.8 points of in-scope accuracy (benchmarks/RESULTS.md).
+        # this way caught 50% of them but cost 10.8 points of in-scope accuracy (docs/decisions.md).
         logger.info("oos_threshold auto: off for a bag-of-words model (its confidence does not tell out-of-scope "
                     "sentences apart); set a number to force a threshold, or use featurizer embeddings")
         return None
