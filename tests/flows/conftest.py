@@ -79,9 +79,10 @@ def make_params(tmp_path: Path, outcomes_folder: Path) -> Callable[..., Any]:
     return make
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def promoted_twice(tmp_path_factory: pytest.TempPathFactory, harness: None) -> dict[str, Any]:
-    """A registry with two promoted versions (the second forced), built once; copy it before changing it."""
+    """A registry with two promoted versions (the second forced), built once for the session; copy it before
+    changing it."""
     from flows.retrain import RetrainParameters, retrain
 
     root = tmp_path_factory.mktemp("promoted-twice")

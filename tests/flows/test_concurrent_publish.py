@@ -16,6 +16,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from intentflow.registry import Registry
 
 from .registry_checks import assert_consistent, assert_history_is_a_chain
@@ -24,6 +26,7 @@ PUBLISHER = Path(__file__).with_name("publisher.py")
 EACH = 8
 
 
+@pytest.mark.slow
 def test_two_publishers_at_once_never_interleave(promoted_twice: dict[str, Any], tmp_path: Path) -> None:
     root = Path(shutil.copytree(promoted_twice["registry"], tmp_path / "registry"))
     checkpoint = Path(shutil.copy(Registry(root).production().checkpoint, tmp_path / "candidate.pt"))

@@ -125,6 +125,7 @@ def check_recovery(root: Path, checkpoint: Path, before: list[str]) -> Registry:
     return registry
 
 
+@pytest.mark.slow
 def test_killed_at_each_named_point(base: dict[str, Path], tmp_path: Path) -> None:
     def crash_at(point: str) -> tuple[str, Path, int, str]:
         root = copy_registry(base, tmp_path / point.replace(":", "-"))
@@ -147,6 +148,7 @@ def test_killed_at_each_named_point(base: dict[str, Path], tmp_path: Path) -> No
     assert "recorded late" in history[-2]["why"]
 
 
+@pytest.mark.slow
 def test_killed_at_random_moments_of_a_publication(base: dict[str, Path], tmp_path: Path) -> None:
     # One undisturbed run of three publications measures how long the kills may wait after "ready".
     measured = copy_registry(base, tmp_path / "measured")
