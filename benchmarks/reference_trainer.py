@@ -32,11 +32,12 @@ def build_model(vocab_size: int, num_labels: int, hidden_size: int, hidden_layer
 
 def train_reference(train_x: torch.Tensor, train_y: torch.Tensor, val_x: torch.Tensor, val_y: torch.Tensor,
                     num_labels: int, epochs: int, lr: float, batch_size: int, hidden_size: int, hidden_layers: int,
-                    dropout: float, weight_decay: float, seed: int) -> list[dict[str, float]]:
+                    dropout: float, weight_decay: float, seed: int,
+                    label_smoothing: float = 0.0) -> list[dict[str, float]]:
     torch.manual_seed(seed)
     model = build_model(train_x.shape[1], num_labels, hidden_size, hidden_layers, dropout)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
-    loss_fn = nn.CrossEntropyLoss()
+    loss_fn = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
     loader = DataLoader(TensorDataset(train_x, train_y), batch_size=batch_size, shuffle=True)
     history = []
     for epoch in range(epochs):

@@ -36,11 +36,11 @@ from tasks.augment import augment_outcomes
 from tasks.evaluate import evaluate_model
 from tasks.gate import gate_candidate
 from tasks.golden import load_golden
-from tasks.incremental import choose_mode, select_incremental_rows
+from tasks.incremental import choose_mode, continue_training, select_incremental_rows
 from tasks.outcomes import load_outcomes
 from tasks.publish import publish_version
 from tasks.split import split_rows
-from tasks.train import continue_training, refit_model, train_model
+from tasks.train import refit_model, train_split
 
 VERSIONS_ARTIFACT_KEY = "intent-model-versions"
 REPORT_ARTIFACT_KEY = "intent-model-report"
@@ -296,7 +296,7 @@ def _train_and_gate(chosen: ModeDecision, outcome_set: OutcomeSet, split: Split,
     base = production.held_out_payload if production else None
     mode_training = train_in_mode(chosen, split, base, settings, production and production.name,
                                   select=whole(select_incremental_rows), resume=whole(continue_training),
-                                  full=whole(train_model))
+                                  full=whole(train_split))
     held_out, training = mode_training.trained, {**mode_training.record, **(extra_training or {})}
     val_texts = [row.text for row in split.val]
     val_labels = [row.label for row in split.val]

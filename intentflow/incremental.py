@@ -3,27 +3,35 @@
 A full retrain starts from random weights on every row. When users only added utterances (``intentflow teach``,
 new examples), production already knows everything else: training can start from its weights, on the rows of the
 new utterances mixed with a replayed sample of the old ones, for a few epochs (first only the weights of new words,
-then all of them: ``intentflow.train.continue_training``). ``choose_mode`` decides; the
+then all of them: ``continue_training``). ``choose_mode`` decides; the
 validation set and the gate are the same in both modes.
 """
 
 from __future__ import annotations
 
+import logging
 import random
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
+import torch
+
 from intentflow.augment import Row
+from intentflow.config import IncrementalConfig, TrainConfig
 from intentflow.errors import IntentflowError
+from intentflow.features import Vocabulary, build_vocabulary
+from intentflow.model import IntentMLP
 from intentflow.outcomes import OutcomeSet, normalise_text
 from intentflow.report import config_changes
 from intentflow.split import Split
-from intentflow.train import TrainedModel, continue_training, train_split
+from intentflow.train import EpochStats, TrainedModel, check_val_labels, fit, resolve_device, train_split
 
 if TYPE_CHECKING:
     from intentflow.config import Settings
+
+logger = logging.getLogger(__name__)
 
 MODES = ("auto", "full", "incremental")
 # What a checkpoint records of the outcomes it was trained on, so the next run can tell what changed.
@@ -240,6 +248,145 @@ def _count(number: int, noun: str) -> str:
 def _sample(items: Sequence[Any]) -> str:
     shown = [f"'{item[0]}'" if isinstance(item, tuple) else f"'{item}'" for item in items[:_SHOWN]]
     return ", ".join(shown) + (f" and {len(items) - _SHOWN} more" if len(items) > _SHOWN else "")
+
+
+def continue_training(
+    production: dict[str, Any],
+    new_train: Sequence[Row],
+    replay_train: Sequence[Row],
+    val: Sequence[Row],
+    config: TrainConfig,
+    incremental: IncrementalConfig,
+    on_epoch: Callable[[EpochStats, int], None] | None = None,
+    new_share: float | None = None,
+) -> TrainedModel:
+    """Start from production's weights and learn ``new_train``, rehearsing ``replay_train``, in two stages.
+
+    The vocabulary is production's, with the features first seen in these rows appended: known features keep their
+    row of weights (and their column), new ones start at zero, so the network begins as production's function.
+
+    1. ``incremental.new_feature_epochs``: only the rows of the new features learn; every other weight is frozen.
+       A sentence of known features (words, word pairs, character n-grams) is predicted exactly as production
+       predicts it, and a new sentence with new features is learnt through them.
+    2. ``incremental.epochs``: every weight learns, for what stage 1 could not (new sentences of known features). The
+       loss weighs the new rows at ``new_share``, their share of the whole training set (None: as many as they
+       are), so the mix of a few new rows and a replay sample pulls no harder toward the new sentences than a full
+       retrain would.
+
+    Stage 2 alone, unweighted, loses accuracy against a full retrain; both stages, weighted, do not
+    (docs/decisions.md). The labels must be production's; the architecture is production's and must
+    match ``config``.
+    """
+    rows = [*new_train, *replay_train]
+    featurizer = production["config"].get("featurizer", "bow")
+    if featurizer != config.featurizer:
+        raise IntentflowError(f"production is a {featurizer} model and the config asks for {config.featurizer} "
+                              "(fix: run a full retrain, mode full)")
+    if not new_train:
+        raise IntentflowError("incremental training got no new rows (fix: run a full retrain, mode full)")
+    if featurizer == "embeddings":
+        return _continue_embeddings(production, new_train, replay_train, val, config, incremental, on_epoch,
+                                    new_share)
+    labels = list(production["labels"])
+    architecture = production["config"]
+    # A folded linear model widened production's hidden layers; they keep that width (and go on learning).
+    linear = architecture.get("linear") if isinstance(architecture.get("linear"), dict) else None
+    width = architecture.get("hidden_size")
+    expected = {"hidden_size": config.hidden_size, "hidden_layers": config.hidden_layers}
+    found = {"hidden_size": width - int(linear["hidden_units"]) if linear and isinstance(width, int) else width,
+             "hidden_layers": architecture.get("hidden_layers")}
+    if found != expected:
+        raise IntentflowError(f"production's network {found} differs from the config's {expected}, so training "
+                              "cannot continue from it (fix: run a full retrain, mode full)")
+    _check_continuable(rows, val, labels)
+    device = resolve_device(config.device)
+    torch.manual_seed(config.seed)
+    word_ngrams = int(architecture.get("word_ngrams", 1))
+    char_ngrams = int(architecture.get("char_ngrams", 0))
+    known = set(production["vocab"])
+    seen = build_vocabulary([row.text for row in rows], word_ngrams=word_ngrams, char_ngrams=char_ngrams,
+                            pair_texts=[row.text for row in rows if not row.synthetic])
+    added = [feature for feature in seen.features if feature not in known]
+    vocab = Vocabulary([*production["vocab"], *added], word_ngrams=word_ngrams, char_ngrams=char_ngrams)
+    model = IntentMLP(len(vocab), len(labels), width, config.hidden_layers, config.dropout)
+    state = dict(production["state_dict"])
+    old_rows = state["input.weight"]
+    grown = torch.zeros((len(vocab), old_rows.shape[1]), dtype=old_rows.dtype)
+    grown[: old_rows.shape[0]] = old_rows
+    state["input.weight"] = grown
+    model.load_state_dict(state)
+    logger.info("continuing from production: %d new rows, %d replayed, %d new features (vocabulary %d -> %d)",
+                len(new_train), len(replay_train), len(added), old_rows.shape[0], len(vocab))
+    result = TrainedModel(model=model, vocab=vocab, labels=labels, config=config, device=str(device),
+                          linear=dict(linear) if linear else None,
+                          out_of_scope=list((production.get("oos") or {}).get("outcomes") or []))
+    texts, targets = [row.text for row in rows], [row.label for row in rows]
+    val_texts, val_labels = [row.text for row in val], [row.label for row in val]
+    val_is_original = [not row.synthetic for row in val]
+    stage_one = incremental.new_feature_epochs if added else 0
+    total = stage_one + incremental.epochs
+    # All epochs run and the last is kept: validation rarely holds the new sentences, so its loss would pick an
+    # epoch before they were learnt. The gate still compares the result with production.
+    if stage_one:
+        fit(result, texts, targets, val_texts, val_labels, epochs=stage_one, lr=incremental.new_feature_lr,
+            on_epoch=on_epoch, keep_best=False, val_is_original=val_is_original, learn_rows_from=old_rows.shape[0],
+            total_epochs=total)
+    if incremental.epochs:
+        weights = _new_row_weights(len(new_train), len(replay_train), new_share)
+        fit(result, texts, targets, val_texts, val_labels, epochs=incremental.epochs, lr=incremental.lr,
+            on_epoch=on_epoch, keep_best=False, val_is_original=val_is_original, row_weights=weights,
+            total_epochs=total)
+    return result
+
+
+def _continue_embeddings(production: dict[str, Any], new_train: Sequence[Row], replay_train: Sequence[Row],
+                         val: Sequence[Row], config: TrainConfig, incremental: IncrementalConfig,
+                         on_epoch: Callable[[EpochStats, int], None] | None, new_share: float | None) -> TrainedModel:
+    """An embeddings model continued: production's network (its merged heads) on production's fine-tuned encoder,
+    frozen, learns the new rows with the replayed ones for ``incremental.epochs`` at ``incremental.lr`` (stage 2 of
+    ``continue_training``; there are no new features to learn first). The encoder is not tuned again, so a taught
+    sentence costs seconds, not a fine-tuning run; the monthly full retrain tunes it on everything."""
+    from intentflow.inference import build_encoder, build_model
+
+    if not incremental.epochs:
+        raise IntentflowError("[incremental] epochs is 0, and an embeddings model learns new sentences only in that "
+                              "stage (fix: set [incremental] epochs above 0, or run a full retrain, mode full)")
+    labels = list(production["labels"])
+    rows = [*new_train, *replay_train]
+    _check_continuable(rows, val, labels)
+    device = resolve_device(config.device)
+    torch.manual_seed(config.seed)
+    model, vocab, _ = build_model(production)
+    encoder = build_encoder(production, str(device))
+    result = TrainedModel(model=model.to(device), vocab=vocab, labels=labels, config=config, device=str(device),
+                          encoder=encoder, out_of_scope=list((production.get("oos") or {}).get("outcomes") or []))
+    logger.info("continuing from production's embeddings model: %d new rows, %d replayed, its encoder frozen",
+                len(new_train), len(replay_train))
+    fit(result, [row.text for row in rows], [row.label for row in rows], [row.text for row in val],
+        [row.label for row in val], epochs=incremental.epochs, lr=incremental.lr, on_epoch=on_epoch, keep_best=False,
+        val_is_original=[not row.synthetic for row in val],
+        row_weights=_new_row_weights(len(new_train), len(replay_train), new_share))
+    return result
+
+
+def _check_continuable(rows: Sequence[Row], val: Sequence[Row], labels: list[str]) -> None:
+    """Training and validation rows of production's outcomes only: continuing cannot add an output."""
+    unknown = sorted({row.label for row in rows} - set(labels))
+    if unknown:
+        raise IntentflowError(f"outcomes production does not know: {', '.join(unknown)} (fix: run a full retrain, "
+                              "mode full)")
+    check_val_labels([row.label for row in val], labels)
+
+
+def _new_row_weights(new: int, replay: int, new_share: float | None) -> list[float] | None:
+    """Loss weights for ``new`` rows followed by ``replay`` rows that give the new ones ``new_share`` of the total.
+
+    None (plain mean) without a share, without replayed rows, or when the new rows already have that share.
+    """
+    if new_share is None or not replay or not 0.0 < new_share < 1.0:
+        return None
+    weight = new_share / (1.0 - new_share) * replay / new
+    return [weight] * new + [1.0] * replay
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,7 @@
 """A linear model of the examples, folded into the network: its logits mixed with the MLP's, in the MLP's own shape.
 
 A bag-of-words MLP trained on hundreds of paraphrases per outcome and a logistic regression on the examples alone
-make different mistakes. On CLINC150 10-shot val.jsonl, through the flow, the average of their logits scored
-82.61% against the MLP's 81.47% (3 seeds, every seed better; docs/decisions.md).
+make different mistakes, so the mean of their logits scores better than either (docs/decisions.md).
 
 The mixture needs no second model at serving time. ``share * z + (1 - share) * mlp(x)``, with ``z = W x + b`` the
 linear logits, is a wider network of the same shape: ``z = relu(z) - relu(-z)``, so ``W`` and ``-W`` become
@@ -12,24 +11,28 @@ layers), and the output layer adds them at ``share``. PyTorch, NumPy and ONNX se
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 
 from intentflow.features import Vocabulary
-from intentflow.model import IntentMLP
+from intentflow.model import IntentMLP, val_scores
+
+if TYPE_CHECKING:
+    from intentflow.train import TrainedModel
+
+logger = logging.getLogger(__name__)
 
 # Inverse L2 strength of the logistic regression, as scikit-learn's C: the loss summed over rows plus half the
-# squared weights over C. On CLINC150 10-shot val.jsonl (mixed at 0.5, 3 seeds) 30: 82.54%, 100: 82.61%,
-# 300: 82.56% (docs/decisions.md).
+# squared weights over C. Accuracy is flat from 30 to 300 (docs/decisions.md).
 LINEAR_C = 100.0
 # L-BFGS iterations at most; the 1,350 examples of CLINC150 10-shot converge in fewer.
 MAX_ITERATIONS = 500
-# Pairs of vectors L-BFGS keeps (scipy's default), each as large as the weights, [used features, labels]. A fit on
-# CLINC150 10-shot (20,483 features, 150 labels; a scratch script, twice) with 20 pairs peaked at 1,278-1,383 MB of
-# process memory in 6.95-7.00 s, with 10 at 926-938 MB in 5.73-5.81 s, to the same objective (0.2094284 against
-# 0.2094285; 2 of 3,000 val.jsonl predictions differ) (docs/decisions.md).
+# Pairs of vectors L-BFGS keeps (scipy's default), each as large as the weights, [used features, labels]: 10 reach
+# the objective 20 do, in a third less memory and time.
 HISTORY = 10
 
 
@@ -87,3 +90,35 @@ def fold_linear(model: IntentMLP, weight: torch.Tensor, bias: torch.Tensor, shar
     state["output.bias"] = state["output.bias"] * (1.0 - share) + bias * share
     folded.load_state_dict(state)
     return folded.train(model.training)
+
+
+def fold_into(result: TrainedModel, texts: Sequence[str], labels: Sequence[str], label_index: dict[str, int],
+                 val: tuple[list[torch.Tensor], torch.Tensor] | None) -> None:
+    """Fit the linear model of ``texts`` and fold it into ``result.model`` at ``linear_share`` (bag-of-words only).
+
+    With validation rows the folded network is scored on them, and kept only if it scores at least the MLP's
+    validation accuracy; its loss and accuracy then become the model's (``metrics``), ``history`` keeps the MLP's.
+    Otherwise the MLP stays alone and ``result.linear`` None: on data whose validation rows hold words the examples
+    never did (the bundled outcomes' synonyms) the mixture scores worse than the MLP (docs/decisions.md).
+    """
+    share = result.config.linear_share
+    if not share or result.model.dense_input or not texts:
+        return
+    device = torch.device(result.device)
+    targets = torch.tensor([label_index[label] for label in labels], device=device)
+    weight, bias = fit_linear(result.vocab, texts, targets, len(result.labels), device)
+    alone = result.model
+    folded = fold_linear(alone, weight, bias, share).eval()
+    if val is not None and result.history:
+        scores = val_scores(folded, val, result.config.label_smoothing)
+        mlp_accuracy = result.history[result.best_epoch - 1].val_accuracy
+        if mlp_accuracy is not None and scores["val_accuracy"] < mlp_accuracy:
+            logger.info("linear model of %d examples not folded in: validation accuracy %.4f with it at share %.2f, "
+                        "%.4f without", len(texts), scores["val_accuracy"], share, mlp_accuracy)
+            return
+        result.folded_scores = scores
+    result.model = folded
+    result.linear = {"share": share, "c": LINEAR_C, "examples": len(texts),
+                     "hidden_units": folded.input_bias.shape[0] - alone.input_bias.shape[0]}
+    logger.info("linear model of %d examples folded in at share %.2f (%d hidden units more)", len(texts), share,
+                result.linear["hidden_units"])

@@ -19,9 +19,10 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from intentflow.evaluate import evaluate_model
+from intentflow.incremental import continue_training
 from intentflow.inference import Classifier
 from intentflow.split import Split
-from intentflow.train import TrainedModel, continue_training, refit_model, take_judged_figures
+from intentflow.train import TrainedModel, refit_model, take_judged_figures
 
 if TYPE_CHECKING:
     from intentflow.config import Settings

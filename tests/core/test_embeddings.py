@@ -336,7 +336,7 @@ def test_an_embeddings_refit_tunes_its_encoder_on_every_row_and_keeps_the_held_o
 
 def test_an_embeddings_model_continues_on_its_frozen_encoder_and_learns_a_taught_sentence(embedded):
     from intentflow.config import IncrementalConfig
-    from intentflow.train import continue_training
+    from intentflow.incremental import continue_training
 
     trained, path = embedded
     production = load_checkpoint(path)

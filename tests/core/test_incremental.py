@@ -265,7 +265,7 @@ def test_training_continues_from_production_weights_with_the_vocabulary_extended
 
 
 def test_word_pairs_added_by_continued_training_come_from_the_new_originals_only(toy_model):
-    from intentflow.train import continue_training
+    from intentflow.incremental import continue_training
 
     production = toy_production(toy_model)
     production["config"] = {**production["config"], "word_ngrams": 2}
@@ -300,9 +300,9 @@ def test_continued_training_learns_new_utterances_and_keeps_the_old(toy_model):
 @pytest.mark.parametrize("rows_only", [False, True], ids=["adamw", "row-only-adam"])
 def test_stage_one_learns_new_words_and_leaves_every_other_weight_as_production_had_it(toy_model, rows_only,
                                                                                        monkeypatch):
-    import intentflow.train as training
+    import intentflow.kernels as kernels
 
-    monkeypatch.setattr(training, "ROWS_ONLY_ABOVE", 0.0 if rows_only else float("inf"))
+    monkeypatch.setattr(kernels, "ROWS_ONLY_ABOVE", 0.0 if rows_only else float("inf"))
     production = toy_production(toy_model)
     rows = len(production["vocab"]) + 1  # with the padding row
 
@@ -328,7 +328,7 @@ def test_stage_one_learns_new_words_and_leaves_every_other_weight_as_production_
 
 
 def test_stage_two_weighs_new_rows_at_their_share_of_all_training_rows():
-    from intentflow.train import _new_row_weights
+    from intentflow.incremental import _new_row_weights
 
     weights = _new_row_weights(new=10, replay=20, new_share=0.1)
     assert len(weights) == 30
@@ -340,7 +340,7 @@ def test_stage_two_weighs_new_rows_at_their_share_of_all_training_rows():
 
 
 def _continue(toy_model, production: dict[str, Any], incremental: IncrementalConfig, **config: Any):
-    from intentflow.train import continue_training
+    from intentflow.incremental import continue_training
 
     data = toy_model.data
     return continue_training(production, new_rows(), list(data.train), list(data.val),
@@ -354,7 +354,7 @@ def _continue(toy_model, production: dict[str, Any], incremental: IncrementalCon
     ({"rows": []}, "incremental training got no new rows"),
 ])
 def test_continued_training_refuses_what_production_cannot_continue_into(toy_model, change, message):
-    from intentflow.train import continue_training
+    from intentflow.incremental import continue_training
 
     production = toy_production(toy_model)
     with pytest.raises(IntentflowError, match="fix: run a full retrain, mode full") as info:

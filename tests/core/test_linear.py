@@ -101,7 +101,7 @@ def test_a_trained_model_carries_the_linear_model_through_its_checkpoint(toy_fol
 
 
 def test_a_linear_model_that_lowers_validation_accuracy_is_left_out_and_the_refit_follows(toy_folder, monkeypatch):
-    import intentflow.train as training
+    import intentflow.linear as linear
     from intentflow.split import Split
     from intentflow.train import refit_model
 
@@ -113,7 +113,7 @@ def test_a_linear_model_that_lowers_validation_accuracy_is_left_out_and_the_refi
         fitted[1][0] = 100.0
         return tuple(fitted)
 
-    monkeypatch.setattr(training, "fit_linear", always_the_first_outcome)
+    monkeypatch.setattr(linear, "fit_linear", always_the_first_outcome)
     declined = train_split(split, tiny_train_config(epochs=30))
     alone = train_split(split, tiny_train_config(epochs=30, linear_share=0.0))
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from intentflow import model as model_module
+from intentflow import kernels
 from intentflow.model import ByteDropout, IntentMLP, merge_heads
 
 
@@ -81,8 +81,8 @@ def _gradients(model: IntentMLP, logits: torch.Tensor) -> dict[str, torch.Tensor
 @pytest.mark.parametrize("weighted", [True, False])
 def test_end_to_end_bags_give_the_first_layer_the_gradient_of_autograds_embedding_bag(monkeypatch, dense_rows,
                                                                                        weighted):
-    # Either backward of _BagSums, whichever the shapes would choose.
-    monkeypatch.setattr(model_module, "DENSE_BACKWARD_ROWS", dense_rows)
+    # Either backward of BagSums, whichever the shapes would choose.
+    monkeypatch.setattr(kernels, "DENSE_BACKWARD_ROWS", dense_rows)
     torch.manual_seed(4)
     model = IntentMLP(30, 4, 8, 2, dropout=0.0).double().train()
     lengths = torch.tensor([3, 1, 5, 2])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from intentflow.calibration import calibrate_oos
 from intentflow.checkpoint import build_payload, load_checkpoint, save_checkpoint
 from intentflow.config import PrepareConfig
 from intentflow.dataset import prepare_data
@@ -12,7 +13,7 @@ from intentflow.errors import IntentflowError
 from intentflow.evaluate import evaluate_model
 from intentflow.inference import Classifier
 from intentflow.outcomes import load_outcomes
-from intentflow.train import calibrate_oos, train_model
+from intentflow.train import train_model
 
 from .helpers import tiny_train_config
 

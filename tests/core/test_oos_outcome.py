@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from intentflow.calibration import calibrate_with_refusals
 from intentflow.checkpoint import build_payload, load_checkpoint, save_checkpoint
 from intentflow.config import PrepareConfig
 from intentflow.dataset import prepare_data
@@ -17,7 +18,7 @@ from intentflow.evaluate import evaluate_model
 from intentflow.inference import Classifier
 from intentflow.outcomes import load_outcomes
 from intentflow.split import Split
-from intentflow.train import calibrate_with_refusals, train_split
+from intentflow.train import train_split
 
 from .helpers import TOY, tiny_train_config, write_outcome_folder
 
@@ -83,7 +84,7 @@ def test_the_threshold_is_chosen_to_answer_the_most_validation_rows_right() -> N
 
 def test_an_embeddings_model_calibrates_its_threshold_with_the_out_of_scope_rows(
         folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import intentflow.train
+    import intentflow.calibration
 
     calls = []
 
@@ -91,7 +92,7 @@ def test_an_embeddings_model_calibrates_its_threshold_with_the_out_of_scope_rows
         calls.append((targets.tolist(), list(refuse)))
         return calibrate_with_refusals(probabilities, targets, refuse)
 
-    monkeypatch.setattr(intentflow.train, "calibrate_with_refusals", recording)
+    monkeypatch.setattr(intentflow.calibration, "calibrate_with_refusals", recording)
     outcomes = load_outcomes(folder)
     data = prepare_data(outcomes, PrepareConfig(augment_factor=0, min_val_per_label=1, seed=1))
     split = Split(data.train, data.val, out_of_scope=outcomes.out_of_scope).for_featurizer("embeddings")

@@ -5,13 +5,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-import intentflow.train as training
+import intentflow.kernels as kernels
 from intentflow.config import PrepareConfig
 from intentflow.dataset import prepare_data
 from intentflow.inference import Classifier
+from intentflow.kernels import Bags, RowAdam, update_rows_only
 from intentflow.model import IntentMLP
 from intentflow.outcomes import load_outcomes
-from intentflow.train import _Bags, _RowAdam, _update_rows_only, train_model
+from intentflow.train import train_model
 
 from .helpers import TOY, tiny_train_config
 
@@ -23,12 +24,12 @@ def bags(rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def step_both(weight: torch.Tensor, batches: list[list[list[int]]], weight_decay: float = 0.0):
-    """The same batches through torch's AdamW over the whole weight and through ``_RowAdam``."""
+    """The same batches through torch's AdamW over the whole weight and through ``RowAdam``."""
     targets = torch.tensor([[1.0, -2.0, 0.5]])
     dense = torch.nn.Parameter(weight.clone())
     reference = torch.optim.AdamW([dense], lr=0.05, weight_decay=weight_decay)
     lazy = torch.nn.Parameter(weight.clone())
-    rows_adam = _RowAdam(lazy, lr=0.05, weight_decay=weight_decay, learn_from=None)
+    rows_adam = RowAdam(lazy, lr=0.05, weight_decay=weight_decay, learn_from=None)
     for rows in batches:
         indices, weights = bags(rows)
         reference.zero_grad()
@@ -73,7 +74,7 @@ def test_a_row_moves_only_while_its_feature_occurs_and_decay_reaches_every_row()
 def test_rows_before_learn_from_never_move():
     weight = torch.nn.Parameter(torch.randn(5, 2))
     before = weight.detach().clone()
-    rows_adam = _RowAdam(weight, lr=0.1, weight_decay=0.0, learn_from=3)
+    rows_adam = RowAdam(weight, lr=0.1, weight_decay=0.0, learn_from=3)
     for _ in range(3):
         used, renumbered, used_rows = rows_adam.rows(torch.tensor([[1, 3, 4], [2, 4, 0]]))
         torch.nn.functional.embedding_bag(renumbered, used_rows, mode="sum", padding_idx=0).sum().backward()
@@ -90,11 +91,11 @@ def test_rows_before_learn_from_never_move():
 ])
 def test_the_row_only_update_is_chosen_by_the_data_shape_on_the_cpu(vocabulary, device, expected):
     model = IntentMLP(vocabulary, 3, hidden_size=4, hidden_layers=1, dropout=0.0)
-    flat = _Bags(torch.arange(1, 33) % 4 + 1, torch.full((32,), 0.5), torch.full((8,), 4))
+    flat = Bags(torch.arange(1, 33) % 4 + 1, torch.full((32,), 0.5), torch.full((8,), 4))
 
-    assert _update_rows_only(model, torch.device(device), flat, batch_size=16) is expected
+    assert update_rows_only(model, torch.device(device), flat, batch_size=16) is expected
     dense_input = IntentMLP(0, 3, hidden_size=4, hidden_layers=1, dropout=0.0, input_dim=5)
-    assert not _update_rows_only(dense_input, torch.device("cpu"), None, batch_size=16)
+    assert not update_rows_only(dense_input, torch.device("cpu"), None, batch_size=16)
 
 
 @pytest.fixture
@@ -103,10 +104,10 @@ def toy_data(toy_folder):
 
 
 def test_training_with_the_row_only_update_learns_and_is_reproducible(toy_data, monkeypatch):
-    monkeypatch.setattr(training, "ROWS_ONLY_ABOVE", 0.0)
+    monkeypatch.setattr(kernels, "ROWS_ONLY_ABOVE", 0.0)
     chosen = []
-    original = training._RowAdam
-    monkeypatch.setattr(training, "_RowAdam", lambda *args: chosen.append(args) or original(*args))
+    original = kernels.RowAdam
+    monkeypatch.setattr(kernels, "RowAdam", lambda *args: chosen.append(args) or original(*args))
     texts, labels = [row.text for row in toy_data.train], [row.label for row in toy_data.train]
     val_texts, val_labels = [row.text for row in toy_data.val], [row.label for row in toy_data.val]
     config = tiny_train_config(weight_decay=0.01)

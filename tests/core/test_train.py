@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import intentflow.train as training
+import intentflow.kernels as kernels
 from intentflow.config import PrepareConfig
 from intentflow.dataset import prepare_data
 from intentflow.errors import IntentflowError
@@ -123,15 +123,15 @@ def test_adam_moments_never_decay_into_denormals(toy_rows, monkeypatch):
     texts, labels = texts_labels(toy_rows.train)
     val_texts, val_labels = texts_labels(toy_rows.val)
     smallest: list[float] = []
-    scrub = training._scrub_moments
+    scrub = kernels.scrub_moments
 
     def watched(optimizer):
         moments = [state[key] for state in optimizer.state.values() for key in ("exp_avg", "exp_avg_sq")]
         smallest.append(min(float(moment[moment != 0].abs().min()) for moment in moments if moment.any()))
         scrub(optimizer)
 
-    monkeypatch.setattr(training, "_scrub_moments", watched)
-    monkeypatch.setattr(training, "SCRUB_EVERY", 5)
+    monkeypatch.setattr(kernels, "scrub_moments", watched)
+    monkeypatch.setattr(kernels, "SCRUB_EVERY", 5)
     # A learning rate that switches ReLU units off: their weights get zero gradients from then on.
     trained = train_model(texts, labels, val_texts, val_labels,
                           tiny_train_config(epochs=100, patience=0, lr=0.05, batch_size=4))
@@ -270,7 +270,7 @@ def test_end_to_end_bags_give_each_batch_the_logits_of_its_padded_rows(toy_rows)
     trained = train_model(texts, labels, [], [], tiny_train_config(epochs=1, patience=0))
     texts[3] = "zzz qqq"  # no known feature: an empty bag, in both layouts
     indices, weights = trained.vocab.encode(texts)
-    bags = training._Bags(*trained.vocab.encode_flat(texts))
+    bags = kernels.Bags(*trained.vocab.encode_flat(texts))
     order = torch.randperm(len(texts), generator=torch.Generator().manual_seed(0))
     model = trained.model.eval()
 
@@ -313,7 +313,7 @@ def test_the_trainers_adamw_is_torchs_fused_adamw_bit_for_bit():
     weights = [torch.randn(6, 4), torch.randn(4)]
     ours = [weight.clone().requires_grad_(True) for weight in weights]
     torchs = [weight.clone().requires_grad_(True) for weight in weights]
-    optimizer = training._FusedAdamW(ours, lr=0.003, weight_decay=1e-4)
+    optimizer = kernels.FusedAdamW(ours, lr=0.003, weight_decay=1e-4)
     reference = torch.optim.AdamW(torchs, lr=0.003, weight_decay=1e-4, fused=True)
     for step in range(5):
         gradients = [torch.randn_like(weight) for weight in weights]

@@ -486,7 +486,7 @@ def test_the_run_graph_links_each_task_to_the_tasks_whose_results_it_took(
 
     state = retrain(make_params(), return_state=True)
     assert state.is_completed(), state.message
-    wanted = {"augment_outcomes", "split_rows", "choose_mode", "train_model", "evaluate_model", "refit_model",
+    wanted = {"augment_outcomes", "split_rows", "choose_mode", "train_split", "evaluate_model", "refit_model",
               "publish_version"}
     deadline = time.monotonic() + 60
     with get_client(sync_client=True) as client:
@@ -504,9 +504,9 @@ def test_the_run_graph_links_each_task_to_the_tasks_whose_results_it_took(
         return {source.id for run in by_name[name] for source in run.task_inputs.get(parameter, [])}
 
     [augment], [split] = by_name["augment_outcomes"], by_name["split_rows"]
-    [train] = by_name["train_model"]
+    [train] = by_name["train_split"]
     assert upstream("split_rows", "augmented") == {augment.id}
-    assert upstream("train_model", "data") == {split.id}
+    assert upstream("train_split", "data") == {split.id}
     assert upstream("choose_mode", "split") == {split.id}
     assert upstream("refit_model", "held_out") == {train.id}
     assert split.id in upstream("refit_model", "data")

@@ -37,9 +37,10 @@ def test_each_task_wraps_the_core_function_of_its_name(stage: str) -> None:
 
 
 def test_only_loading_outcomes_is_retried_and_only_on_io_errors() -> None:
+    from tasks.incremental import continue_training
     from tasks.outcomes import load_outcomes
     from tasks.publish import publish_version
-    from tasks.train import continue_training, train_model
+    from tasks.train import train_split
 
     assert load_outcomes.retries == 2
     assert load_outcomes.retry_condition_fn is _io_error
@@ -48,5 +49,5 @@ def test_only_loading_outcomes_is_retried_and_only_on_io_errors() -> None:
     assert _io_error(load_outcomes, None, Completed(data=None)) is False
     # A retried publish would add a second version; a retried training fails the same way again.
     assert publish_version.retries == 0
-    assert train_model.retries == 0
+    assert train_split.retries == 0
     assert continue_training.retries == 0
