@@ -29,7 +29,7 @@ run: setup
 test: setup lint
 	$(BIN)/python -m pytest
 
-## The suite without the tests marked slow (servers, kills, the main job): for a quick check while working.
+## The suite without the tests marked slow (servers, killed or racing processes, the main job): for a quick check.
 test-fast: setup lint
 	$(BIN)/python -m pytest -m "not slow" -q
 

@@ -6,8 +6,8 @@
 Sets: CLINC150 at k = 5 and 10 examples per intent and with all of them (test.jsonl plus oos_test.jsonl); each
 HINT3 bot with all its training sentences (test.jsonl: real user queries, out of scope labelled ``oos``). For each:
 
-- the project through its public commands (``intentflow.fewshot.run_fewshot``: import, retrain with the defaults
-  and the gate threshold at 0, evaluate), bag-of-words and embeddings;
+- the project through its public commands (``run_fewshot`` of ``benchmarks/fewshot.py``: import, retrain with the
+  defaults and the gate threshold at 0, evaluate), bag-of-words and embeddings;
 - TF-IDF (word 1-2 and char_wb 2-5 grams, sublinear) + logistic regression (C = 20);
 - the frozen default encoder (the bundled all-MiniLM-L6-v2's sentence vector) + logistic regression (C = 10);
 
@@ -26,10 +26,10 @@ import time
 from pathlib import Path
 
 from common import ROOT, command, git_revision, machine, stamp  # noqa: I001 - sets sys.path for intentflow
+from fewshot import run_fewshot
 
 from intentflow.dataset import read_labelled
 from intentflow.evaluate import OOS_LABELS, align_labels
-from intentflow.fewshot import run_fewshot
 from intentflow.importer import import_outcomes
 from intentflow.outcomes import load_outcomes
 

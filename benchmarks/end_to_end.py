@@ -8,6 +8,7 @@ home), then the same stages in-process without Prefect, so the orchestration ove
 
 from __future__ import annotations
 
+import argparse
 import math
 import os
 import subprocess
@@ -45,6 +46,8 @@ def timed_retrain(registry: Path, env: dict[str, str]) -> tuple[float, int, str,
 
 
 def main() -> None:
+    # No options: --help says what it runs instead of starting a minute of training.
+    argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()
     runs = []
     with tempfile.TemporaryDirectory() as scratch:
         env = {**os.environ, "PREFECT_HOME": str(Path(scratch) / "prefect"), "DO_NOT_TRACK": "1",

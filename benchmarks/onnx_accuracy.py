@@ -20,8 +20,8 @@ from pathlib import Path
 
 import numpy as np
 from common import command, git_revision, machine, stamp  # noqa: I001 - sets sys.path for intentflow
+from fewshot import DEFAULT_DATA, SEEDS, SHOTS, train_fewshot
 
-from intentflow.fewshot import DEFAULT_DATA, SEEDS, SHOTS, train_fewshot
 from intentflow.inference import Classifier
 from intentflow.onnx_export import export_onnx
 from intentflow.onnx_serving import OnnxClassifier

@@ -18,9 +18,9 @@ import time
 from pathlib import Path
 
 from common import command, machine, stamp  # noqa: I001 - sets sys.path for intentflow
+from fewshot import DEFAULT_DATA
 
 from intentflow.dataset import read_labelled
-from intentflow.fewshot import DEFAULT_DATA
 from intentflow.importer import import_outcomes, outcome_name
 from intentflow.outcomes import load_outcomes
 

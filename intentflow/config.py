@@ -48,12 +48,14 @@ class TrainConfig(_Strict):
     featurizer: Literal["auto", "bow", "embeddings"] = Field(
         "auto", description="Bag-of-words, sentence embeddings (the embeddings extra), or auto: embeddings where that "
         "extra is installed, else bag-of-words")
+    # Bag-of-words only.
     word_ngrams: int = Field(2, ge=1, le=MAX_WORD_NGRAMS, description="Bag-of-words: single words and runs of up "
                              "to this many words; 1 = single words only")
     char_ngrams: int = Field(5, ge=0, le=MAX_CHAR_NGRAMS, description="Bag-of-words: also the character n-grams "
                              "of 2 to this many characters inside each word; 0 = words only")
     linear_share: float = Field(0.5, ge=0.0, le=1.0, description="Bag-of-words: share of the logits from a "
                                 "logistic regression on the examples, folded into the network; 0 = the MLP alone")
+    # Embeddings only.
     embedding_model: str = Field("", max_length=1000, description="Sentence encoder (hub name or folder); "
                                  "empty = the bundled all-MiniLM-L6-v2")
     finetune_epochs: int = Field(6, ge=0, le=1000, description="Contrastive fine-tuning epochs of the encoder; "
@@ -65,6 +67,7 @@ class TrainConfig(_Strict):
     embedding_heads: int = Field(5, ge=1, le=32, description="Embeddings: networks trained from consecutive seeds "
                                  "on the same sentence vectors and merged into one that averages their logits; "
                                  "1 = a single network")
+    # Either featurizer.
     refit: bool = Field(True, description="Serve a model trained again on the training and validation rows for "
                         "the held-out run's epoch count; the gate judges the held-out model, kept beside it")
     oos_threshold: Literal["auto", "off"] | float = Field(

@@ -40,8 +40,8 @@ def bfloat16_pays(device: torch.device) -> bool:
     """Whether bfloat16 autocast speeds fine-tuning on ``device``.
 
     True for CUDA with bfloat16 and for CPUs with AVX-512 BF16 or AMX instructions; elsewhere the CPU would emulate
-    bfloat16, slower than float32. On 2 cores of an AMD EPYC (AVX-512 BF16) a fine-tuning step took 0.46-0.50 s
-    against 0.79-0.83 s in float32, for the same CLINC150 val.jsonl accuracy (benchmarks/RESULTS.md).
+    bfloat16, slower than float32. Where it pays, a step takes about 40% less for the same accuracy
+    (docs/decisions.md#embeddings).
     """
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()

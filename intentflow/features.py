@@ -249,8 +249,8 @@ class _WordTable:
             found_rows.append(sentence[:len(run_columns)][known])
         width = len(self.vocab)
         keys = np.concatenate(found_rows) * width + np.concatenate(found_columns)
-        # Stable (timsort): it takes the runs the keys already hold (each part is in sentence order), 0.72 s
-        # against 1.04 s for the default sort over 100,000 sentences' bags (benchmarks/RESULTS.md).
+        # Stable (timsort): it takes the runs the keys already hold (each part is in sentence order), so it is
+        # faster than the default sort here (docs/decisions.md#speed-of-batch-prediction).
         keys.sort(kind="stable")
         keys = keys[np.concatenate(([True], keys[1:] != keys[:-1]))] if len(keys) else keys
         rows = keys // width
@@ -259,7 +259,7 @@ class _WordTable:
 
 def _ascii_tokens(blob: str) -> list[str]:
     """``_ASCII_TOKEN_OR_SEPARATOR.findall(blob)`` for case-folded ASCII text, three to five times faster: C string
-    methods do what the regex engine does a character at a time (benchmarks/RESULTS.md)."""
+    methods do what the regex engine does a character at a time (docs/decisions.md#speed-of-batch-prediction)."""
     if "'" in blob:
         if _APOSTROPHE_CHAIN.search(blob):
             return _ASCII_TOKEN_OR_SEPARATOR.findall(blob)

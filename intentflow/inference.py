@@ -128,7 +128,7 @@ class Classifier:
             return torch.cat([part.result() for part in parts])
 
     def _bags(self, texts: list[str]) -> tuple[torch.Tensor, ...]:
-        """Bags end to end, not padded: the first layer's fast kernel (benchmarks/first_layer.py)."""
+        """Bags end to end, not padded: the first layer's fast kernel (docs/decisions.md#speed-of-the-training-step)."""
         device = self.model.input.weight.device
         indices, weights, lengths = (tensor.to(device) for tensor in self.vocab.encode_flat(texts))
         return indices, weights, torch.cumsum(lengths, 0) - lengths

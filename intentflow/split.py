@@ -115,10 +115,9 @@ def _split_groups(groups: dict[str, list[Row]], target: int, min_val: int, seed:
 def _own_side(rows: list[Row]) -> list[Row]:
     """``rows`` less the paraphrases that borrowed a word only the other side's originals hold.
 
-    Kept, a training paraphrase would carry a held-out original's words into training (and validation would reward
-    memorising them: on CLINC150 10-shot bag-of-words, seed 0, early stopping kept epoch 94 where epoch 1 was best,
-    and val.jsonl accuracy through the flow was 76.13% instead of 80.10%; benchmarks/RESULTS.md); a validation
-    paraphrase would be scored on words training taught.
+    Kept, a training paraphrase would carry a held-out original's words into training, and validation would reward
+    memorising them (docs/decisions.md#validation-without-leakage-and-the-gates-threshold); a validation paraphrase
+    would be scored on words training taught.
     """
     side = {row.original for row in rows}
     return [row for row in rows if not row.borrowed or any(original in side for original in row.borrowed)]

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
-
-from object_store import ObjectStore, start_object_store  # noqa: E402
+from .object_store import ObjectStore, start_object_store
 
 
 @pytest.fixture(scope="session")

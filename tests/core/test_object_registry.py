@@ -13,7 +13,6 @@ import time
 from typing import Any
 
 import pytest
-from registry_files import RegistryFiles
 
 from intentflow import object_registry
 from intentflow.checkpoint import build_payload
@@ -25,6 +24,8 @@ from intentflow.object_registry import ObjectRegistry
 from intentflow.onnx_export import OnnxClassifier
 from intentflow.publish import publish_version
 from intentflow.registry import Registry, open_registry
+
+from ..registry_files import RegistryFiles
 
 PROBE = "will it rain tomorrow"
 

@@ -18,7 +18,6 @@ from typing import Any
 
 import pytest
 import torch
-from registry_files import RegistryFiles
 
 from intentflow import fileio
 from intentflow.checkpoint import build_payload
@@ -30,6 +29,8 @@ from intentflow.inference import Classifier, build_model
 from intentflow.publish import Publication, publish_version
 from intentflow.registry import Registry, open_registry
 from intentflow.storage import Location
+
+from ..registry_files import RegistryFiles
 
 PROBE = "will it rain tomorrow"
 

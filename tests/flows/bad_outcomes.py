@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from flow_helpers import REPO
+from .flow_helpers import REPO
 
 COMMITTED = REPO / "tests" / "data" / "bad_outcomes"
 HUGE_FILE_BYTES = 50 * 1024 * 1024

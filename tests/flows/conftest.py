@@ -10,7 +10,11 @@ import threading
 import time
 
 # Before Prefect is imported anywhere in this process: no analytics, no tracking, and a Prefect home of our own,
-# so no test reads or writes ~/.prefect or shares a database with another run.
+# so no test reads or writes ~/.prefect or shares a database with another run. They must be set on import, before
+# any test module imports Prefect; pytest_sessionfinish puts back what they were.
+_SET_ON_IMPORT = ("PREFECT_SERVER_ANALYTICS_ENABLED", "DO_NOT_TRACK", "PREFECT_HOME", "PREFECT_API_URL",
+                  "PREFECT_PROFILES_PATH")
+_BEFORE = {name: os.environ.get(name) for name in _SET_ON_IMPORT}
 os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
 os.environ["DO_NOT_TRACK"] = "1"
 os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="intentflow-prefect-home-")
@@ -28,7 +32,16 @@ import torch  # noqa: E402
 # The networks here are tiny; one thread avoids contention that makes them many times slower on two cores.
 torch.set_num_threads(1)
 
-from flow_helpers import TINY, Processes, Recorder, write_outcomes  # noqa: E402
+from .flow_helpers import TINY, Processes, Recorder, write_outcomes  # noqa: E402
+
+
+def pytest_sessionfinish() -> None:
+    """The environment variables set on import, as they were before."""
+    for name, value in _BEFORE.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
 
 
 @pytest.fixture(scope="session")
@@ -66,9 +79,10 @@ def make_params(tmp_path: Path, outcomes_folder: Path) -> Callable[..., Any]:
     return make
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def promoted_twice(tmp_path_factory: pytest.TempPathFactory, harness: None) -> dict[str, Any]:
-    """A registry with two promoted versions (the second forced), built once; copy it before changing it."""
+    """A registry with two promoted versions (the second forced), built once for the session; copy it before
+    changing it."""
     from flows.retrain import RetrainParameters, retrain
 
     root = tmp_path_factory.mktemp("promoted-twice")

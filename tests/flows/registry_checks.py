@@ -7,8 +7,6 @@ import io
 import json
 from pathlib import Path
 
-from registry_files import RegistryFiles
-
 from intentflow.checkpoint import load_checkpoint
 from intentflow.cli import main
 from intentflow.evaluate import evaluate_model
@@ -17,6 +15,8 @@ from intentflow.inference import Classifier, build_model
 from intentflow.publish import publish_version
 from intentflow.registry import Registry, open_registry
 from intentflow.storage import Location
+
+from ..registry_files import RegistryFiles
 
 PROBE = "will it rain tomorrow"
 VERSION_FILES = ("{name}.pt", "{name}.pt.metrics.json", "version.json", "evaluation.json", "report.md",

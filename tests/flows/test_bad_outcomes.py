@@ -1,11 +1,15 @@
 """Every bad outcome folder of the corpus is refused the same way by `intentflow validate` and by a retrain run.
 
 The command exits 1 with the file, the field and the problem on stderr and no traceback; the run ends Failed with the
-same in its message, and a registry that already has a production version is left byte for byte as it was.
+same in its message, and a registry that already has a production version is left byte for byte as it was. The
+command runs through ``main`` in this process for every case, and as a real process for every case in the slow suite
+(each process imports PyTorch).
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import shutil
 import subprocess
@@ -14,11 +18,12 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from bad_outcomes import CASES, COMMITTED, COMMITTED_CASES, build_corpus, snapshot
-from flow_helpers import TINY
 
 from intentflow.fileio import TEMP_PREFIX
 from intentflow.registry import Registry
+
+from .bad_outcomes import CASES, COMMITTED, COMMITTED_CASES, build_corpus, snapshot
+from .flow_helpers import TINY
 
 
 @pytest.fixture(scope="module")
@@ -37,11 +42,21 @@ def validate(case: str, root: Path) -> subprocess.CompletedProcess[str]:
                           capture_output=True, text=True, timeout=120, env={**os.environ, "PYTHONUNBUFFERED": "1"})
 
 
-def test_validate_refuses_every_case_naming_file_and_field(corpus: dict[str, Path]) -> None:
-    root = corpus["empty_folder"].parent
-    with ThreadPoolExecutor(max_workers=4) as pool:
-        results = dict(zip(CASES, pool.map(lambda case: validate(case, root), CASES), strict=True))
+def validate_in_process(case: str) -> subprocess.CompletedProcess[str]:
+    """``intentflow validate`` through ``main`` in this process, from the working folder; an exception that escapes
+    ``main`` is reported as the traceback a process would have printed."""
+    from intentflow.cli import main
 
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = main(["validate", "--outcomes", case])
+        except Exception as error:  # reported below as a failure, as a process would print it
+            code, err = 1, io.StringIO(f"Traceback (escaped main): {error!r}")
+    return subprocess.CompletedProcess(["intentflow", "validate"], code, out.getvalue(), err.getvalue())
+
+
+def assert_every_case_refused(results: dict[str, subprocess.CompletedProcess[str]]) -> None:
     failures = []
     for case, result in results.items():
         said = result.stderr
@@ -50,6 +65,19 @@ def test_validate_refuses_every_case_naming_file_and_field(corpus: dict[str, Pat
         elif (missing := CASES[case].missing_from(said)) is not None:
             failures.append(f"{case}: {missing}, got:\n{said[:2000]}")
     assert not failures, "\n\n".join(failures)
+
+
+def test_validate_refuses_every_case_naming_file_and_field(corpus: dict[str, Path],
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(corpus["empty_folder"].parent)
+    assert_every_case_refused({case: validate_in_process(case) for case in CASES})
+
+
+@pytest.mark.slow
+def test_validate_as_a_process_refuses_every_case_naming_file_and_field(corpus: dict[str, Path]) -> None:
+    root = corpus["empty_folder"].parent
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        assert_every_case_refused(dict(zip(CASES, pool.map(lambda case: validate(case, root), CASES), strict=True)))
 
 
 def test_a_retrain_run_fails_on_every_case_and_production_is_untouched(

@@ -18,14 +18,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from registry_checks import assert_consistent, assert_history_is_a_chain, publish_next
 
 from intentflow.registry import Registry, open_registry
+
+from .registry_checks import assert_consistent, assert_history_is_a_chain, publish_next
 
 PUBLISHER = Path(__file__).with_name("publisher.py")
 EACH = 8
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("store", ["folder", "s3"])
 def test_two_publishers_at_once_never_interleave(promoted_twice: dict[str, Any], tmp_path: Path, store: str,
                                                  request: pytest.FixtureRequest) -> None:

@@ -26,13 +26,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from flow_helpers import TINY, prefect_env, retrain_command
-from registry_checks import assert_consistent, assert_history_is_a_chain, publish_next
-from registry_files import RegistryFiles
 
 from intentflow.fileio import CRASH_POINT_VARIABLE, TEMP_PREFIX, crash_point
 from intentflow.registry import Registry, open_registry
 from intentflow.storage import Location
+
+from ..registry_files import RegistryFiles
+from .flow_helpers import TINY, prefect_env, retrain_command
+from .registry_checks import assert_consistent, assert_history_is_a_chain, publish_next
 
 PUBLISHER = Path(__file__).with_name("publisher.py")
 # Each named point, and whether production has moved to the new version when the process dies there.
@@ -129,6 +130,7 @@ def check_recovery(root: Location, checkpoint: Path, before: list[str]) -> Regis
     return registry
 
 
+@pytest.mark.slow
 def test_killed_at_each_named_point(stored_base: dict[str, Any], tmp_path: Path) -> None:
     base = stored_base
 
@@ -153,6 +155,7 @@ def test_killed_at_each_named_point(stored_base: dict[str, Any], tmp_path: Path)
     assert "recorded late" in history[-2]["why"]
 
 
+@pytest.mark.slow
 def test_killed_at_random_moments_of_a_publication(stored_base: dict[str, Any], tmp_path: Path) -> None:
     base = stored_base
     # One undisturbed run of three publications measures how long the kills may wait after "ready".

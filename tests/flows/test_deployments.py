@@ -238,7 +238,8 @@ def test_a_served_run_can_validate_its_parameters(tmp_path: Path) -> None:
     import sys
 
     import cloudpickle
-    from flow_helpers import prefect_env
+
+    from .flow_helpers import prefect_env
 
     code = ("import sys, cloudpickle\n"
             "flow = cloudpickle.loads(sys.stdin.buffer.read())\n"

@@ -8,13 +8,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from flow_helpers import TINY, write_outcomes
 
 from flows.retrain import RetrainParameters, retrain
 from intentflow.inference import Classifier
 from intentflow.outcomes import normalise_text
 from intentflow.registry import Registry
 from intentflow.teach import Correction, teach_utterances
+
+from .flow_helpers import TINY, write_outcomes
 
 pytestmark = pytest.mark.usefixtures("harness")
 

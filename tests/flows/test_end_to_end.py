@@ -17,12 +17,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from flow_helpers import REPO, TINY, Processes, post, prefect_env, start_server, wait_for, write_outcomes
-from postgres import binaries as postgres_binaries
 
 from flows.deployments import RETRAIN_DEPLOYMENT
 from intentflow.outcomes import load_outcomes
 from intentflow.registry import Registry
+
+from .flow_helpers import REPO, TINY, Processes, post, prefect_env, start_server, wait_for, write_outcomes
+from .postgres import binaries as postgres_binaries
 
 BIN = Path(sys.executable).parent
 RUN_TIMEOUT = 180.0

@@ -1,16 +1,21 @@
-"""The few-shot benchmark: one real run through the CLI on a tiny data set, and the nightly flow's artifacts."""
+"""The few-shot benchmark (benchmarks/fewshot.py): one real run through the CLI on a tiny data set, and the
+developer flow's artifacts (benchmarks/fewshot_flow.py)."""
 
 from __future__ import annotations
 
+import importlib
 import json
+import sys
+from collections.abc import Iterator
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import pytest
-from flow_helpers import read_artifacts, table_rows
 
 from intentflow.errors import IntentflowError
-from intentflow.fewshot import FewshotRun, markdown_table, run_fewshot, summary_rows
+
+from .flow_helpers import REPO, read_artifacts, table_rows
 
 TRAIN = {
     "check_weather": ["what is the weather today", "will it rain tomorrow", "is it sunny outside",
@@ -24,6 +29,16 @@ TRAIN = {
 TEST = {"check_weather": ["is it going to rain", "weather tomorrow"], "play_music": ["play jazz", "play a song"],
         "set_alarm": ["set an alarm", "wake me at six"]}
 OOS = ["who won the football match", "translate hello into french"]
+
+
+@pytest.fixture(scope="module")
+def fewshot() -> Iterator[ModuleType]:
+    """benchmarks/fewshot.py, imported as its siblings import it when run (by file name, benchmarks/ on the path)."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.syspath_prepend(str(REPO / "benchmarks"))
+        yield importlib.import_module("fewshot")
+    for name in ("fewshot", "fewshot_flow", "common"):
+        sys.modules.pop(name, None)
 
 
 def write_jsonl(path: Path, rows: list[dict[str, str]]) -> None:
@@ -41,8 +56,8 @@ def tiny_clinc(tmp_path: Path) -> Path:
 
 
 @pytest.mark.slow
-def test_one_run_goes_through_import_retrain_and_evaluate(tiny_clinc: Path) -> None:
-    run = run_fewshot(tiny_clinc, "bow", seed=0, shots=6,
+def test_one_run_goes_through_import_retrain_and_evaluate(fewshot: ModuleType, tiny_clinc: Path) -> None:
+    run = fewshot.run_fewshot(tiny_clinc, "bow", seed=0, shots=6,
                       extra_args=["--augment-factor", "20", "--epochs", "40", "--hidden-size", "32",
                                   "--oos-threshold", "0.5"])
 
@@ -53,22 +68,23 @@ def test_one_run_goes_through_import_retrain_and_evaluate(tiny_clinc: Path) -> N
     assert run.seconds >= run.train_seconds > 0
 
 
-def test_missing_data_is_a_clear_error(tmp_path: Path) -> None:
+def test_missing_data_is_a_clear_error(fewshot: ModuleType, tmp_path: Path) -> None:
     with pytest.raises(IntentflowError, match=r"train.jsonl does not exist \(fix: pass the CLINC150 folder"):
-        run_fewshot(tmp_path, "bow", seed=0)
+        fewshot.run_fewshot(tmp_path, "bow", seed=0)
     (tmp_path / "train.jsonl").write_text('{"text": "hi", "label": "greet"}\n', encoding="utf-8")
     with pytest.raises(IntentflowError, match=r"val.jsonl does not exist"):
-        run_fewshot(tmp_path, "bow", seed=0, scored_on="val")
+        fewshot.run_fewshot(tmp_path, "bow", seed=0, scored_on="val")
 
 
-def fake_run(data: Any, featurizer: str, seed: int, shots: int = 10) -> FewshotRun:
+def fake_run(data: Any, featurizer: str, seed: int, shots: int = 10) -> Any:
+    fewshot = sys.modules["fewshot"]
     accuracy = {"bow": 0.80, "embeddings": 0.92}[featurizer] + seed / 100
-    return FewshotRun(featurizer, seed, shots, accuracy - 0.01, accuracy, 0.6, 0.2, 30.0 + seed, 20.0)
+    return fewshot.FewshotRun(featurizer, seed, shots, accuracy - 0.01, accuracy, 0.6, 0.2, 30.0 + seed, 20.0)
 
 
-def test_the_nightly_flow_publishes_one_table_per_night_under_one_key(harness: None,
+def test_the_nightly_flow_publishes_one_table_per_night_under_one_key(fewshot: ModuleType, harness: None,
                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
-    import flows.benchmark as benchmark
+    benchmark = importlib.import_module("fewshot_flow")
 
     monkeypatch.setattr(benchmark, "run_fewshot", fake_run)
     state = benchmark.fewshot_benchmark(data="unused", seeds=[0, 1], return_state=True)
@@ -83,12 +99,12 @@ def test_the_nightly_flow_publishes_one_table_per_night_under_one_key(harness: N
     assert "| embeddings | 1 | 93.00% | 92.00% | 60.00% | 0.2000 | 31 |" in runs.data
 
 
-def test_summary_rows_give_mean_and_spread() -> None:
+def test_summary_rows_give_mean_and_spread(fewshot: ModuleType) -> None:
     runs = [fake_run(None, "bow", seed) for seed in (0, 1, 2)]
 
-    [row] = summary_rows(runs)
+    [row] = fewshot.summary_rows(runs)
 
     assert (row["accuracy_mean"], row["accuracy_min"], row["accuracy_max"], row["seeds"]) == (81.0, 80.0, 82.0,
                                                                                               "0, 1, 2")
     assert row["oos_recall_mean"] == 60.0
-    assert "| bow | 0, 1, 2 | 81.00% (80.00-82.00) | 80.00% | 60.00% | 31 |" in markdown_table(runs)
+    assert "| bow | 0, 1, 2 | 81.00% (80.00-82.00) | 80.00% | 60.00% | 31 |" in fewshot.markdown_table(runs)

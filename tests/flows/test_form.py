@@ -9,11 +9,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from flow_helpers import REPO
 
 from flows.retrain import RetrainParameters, retrain, run_name
 from intentflow.cli import PREPARE_FLAGS, RETRAIN_FLAGS, TRAIN_FLAGS, build_parser
 from intentflow.config import flat_settings, load_settings
+
+from .flow_helpers import REPO
 
 
 def form() -> dict[str, dict]:
@@ -100,10 +101,11 @@ def test_run_names_carry_the_time(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_a_run_with_featurizer_auto_records_the_featurizer_it_picked(harness: None, tmp_path: Path,
                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     import torch
-    from flow_helpers import TINY, write_outcomes
 
     import intentflow.config
     from intentflow.registry import Registry
+
+    from .flow_helpers import TINY, write_outcomes
 
     monkeypatch.setattr(intentflow.config, "embeddings_installed", lambda: False)  # as without the extra
     outcomes = write_outcomes(tmp_path / "outcomes")

@@ -14,9 +14,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from flow_helpers import REPO, Processes, post, prefect_env, start_server, wait_for
 
 from flows.deployments import load_prefect_yaml
+
+from .flow_helpers import REPO, Processes, post, prefect_env, start_server, wait_for
 
 BIN = Path(sys.executable).parent
 RUN_TIMEOUT = 300.0

@@ -10,7 +10,6 @@ from typing import Any
 
 import pytest
 import torch
-from flow_helpers import REPO, TINY, write_outcomes
 
 from flows.retrain import RetrainParameters, retrain
 from intentflow.cli import main
@@ -19,6 +18,8 @@ from intentflow.inference import Classifier
 from intentflow.outcomes import normalise_text
 from intentflow.registry import Registry
 from intentflow.teach import Correction, teach_utterances
+
+from .flow_helpers import REPO, TINY, write_outcomes
 
 pytestmark = pytest.mark.usefixtures("harness")
 

@@ -10,12 +10,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from flow_helpers import TINY, write_outcomes
 
 from flows.retrain import SCHEDULED_TAG, RetrainParameters, retrain
 from intentflow.inference import Classifier
 from intentflow.registry import Registry
 from intentflow.teach import Correction, teach_utterances
+
+from .flow_helpers import TINY, write_outcomes
 
 pytestmark = pytest.mark.usefixtures("harness")
 

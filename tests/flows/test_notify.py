@@ -10,10 +10,11 @@ import sys
 from pathlib import Path
 
 import pytest
-from flow_helpers import OUTCOMES, prefect_env, write_outcomes
 
 from flows.notify import changed_outcome_files
 from intentflow.errors import IntentflowError
+
+from .flow_helpers import OUTCOMES, prefect_env, write_outcomes
 
 INTENTFLOW = [sys.executable, "-m", "intentflow.cli"]
 GIT_ENV = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.invalid", "GIT_COMMITTER_NAME": "t",

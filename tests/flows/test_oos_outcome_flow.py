@@ -5,11 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from flow_helpers import OUTCOMES, TINY, write_outcomes
 
 from flows.retrain import RetrainParameters, retrain
 from intentflow.inference import Classifier
 from intentflow.registry import Registry
+
+from .flow_helpers import OUTCOMES, TINY, write_outcomes
 
 pytestmark = pytest.mark.usefixtures("harness")
 

@@ -11,7 +11,6 @@ from typing import Any
 
 import pytest
 import torch
-from flow_helpers import read_artifacts, table_rows
 from prefect import task
 
 from flows.retrain import (
@@ -26,6 +25,8 @@ from intentflow.errors import ValidationFailed
 from intentflow.inference import Classifier
 from intentflow.registry import Registry, open_registry
 from tasks.train import refit_model
+
+from .flow_helpers import read_artifacts, table_rows
 
 pytestmark = pytest.mark.usefixtures("harness")
 

@@ -18,7 +18,8 @@ from typing import Any
 
 import httpx
 import pytest
-from flow_helpers import BIN, REPO, Processes, healthy, post, prefect_env, start_server, wait_for, write_outcomes
+
+from .flow_helpers import BIN, REPO, Processes, healthy, post, prefect_env, start_server, wait_for, write_outcomes
 
 USER, PASSWORD = "intentflow", "correct horse battery staple"
 AUTH = f"{USER}:{PASSWORD}"

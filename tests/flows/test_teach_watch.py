@@ -7,11 +7,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from flow_helpers import Recorder
 
 from intentflow.errors import ValidationFailed
 from intentflow.fileio import TEMP_PREFIX
 from intentflow.teach import Correction, teach_utterances
+
+from .flow_helpers import Recorder
 
 
 def test_teaching_fires_one_change_naming_the_outcome_files(

@@ -18,12 +18,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from flow_helpers import BIN, OUTCOMES, Processes, post, prefect_env, start_server, wait_for, write_outcomes
-from test_fresh_clone_deployments import finished, fresh_clone, run_deployment
 
 from intentflow.inference import Classifier
 from intentflow.outcomes import load_outcomes
 from intentflow.registry import open_registry
+
+from .flow_helpers import BIN, OUTCOMES, Processes, post, prefect_env, start_server, wait_for, write_outcomes
+from .test_fresh_clone_deployments import finished, fresh_clone, run_deployment
 
 RUN_TIMEOUT = 300.0
 # The team's small settings (the bundled config/training.toml trains for minutes): what the branch holds.

@@ -13,7 +13,8 @@ import time
 from pathlib import Path
 
 import pytest
-from flow_helpers import prefect_env, retrain_command, write_outcomes
+
+from .flow_helpers import prefect_env, retrain_command, write_outcomes
 
 SERVER_LINE = re.compile(r"temporary Prefect server on http://127\.0\.0\.1:(\d+)")
 

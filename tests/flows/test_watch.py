@@ -11,10 +11,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from flow_helpers import OUTCOMES, Recorder, free_port, prefect_env, write_outcomes
 
 from flows.watch import EVENT_NAME, emit_change, event_payload, is_outcome_file, resource_id, watch_outcomes
 from intentflow.errors import IntentflowError
+
+from .flow_helpers import OUTCOMES, Recorder, free_port, prefect_env, write_outcomes
 
 INTENTFLOW = [sys.executable, "-m", "intentflow.cli"]
 

@@ -1,18 +1,20 @@
-"""The nightly ``fewshot-benchmark`` flow: the few-shot benchmark (``intentflow.fewshot``) as a Prefect flow.
+"""The few-shot benchmark (``benchmarks/fewshot.py``) as a Prefect flow, for a developer who wants it nightly.
+
+    python benchmarks/fewshot_flow.py    # one run of the flow with its defaults, on Prefect's embedded server
 
 Each run is a task that drives the public CLI (import, retrain, evaluate) in a child process; the summary is
-published as a table artifact under one key, so the UI shows accuracy night after night.
+published as a table artifact under one key, so the UI shows accuracy night after night. Not a deployment of
+prefect.yaml: the product's nightly check is ``flows/nightly.py``.
 """
 
 # No `from __future__ import annotations`: see flows/retrain.py (served flows are pickled by value).
 from datetime import UTC, datetime
 
+from fewshot import DEFAULT_DATA, FEATURIZERS, SEEDS, SHOTS, FewshotRun, markdown_table, run_fewshot  # noqa: I001
+from fewshot import summary_rows as summarise
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
-
-from intentflow.fewshot import DEFAULT_DATA, FEATURIZERS, SEEDS, SHOTS, FewshotRun, markdown_table, run_fewshot
-from intentflow.fewshot import summary_rows as summarise
 
 TABLE_ARTIFACT_KEY = "fewshot-benchmark"
 RUNS_ARTIFACT_KEY = "fewshot-benchmark-runs"
@@ -42,3 +44,7 @@ def fewshot_benchmark(data: str = str(DEFAULT_DATA), featurizers: list[str] = li
     create_markdown_artifact(key=RUNS_ARTIFACT_KEY, markdown=markdown_table(runs),
                              description=f"Every few-shot run of {day}")
     return rows
+
+
+if __name__ == "__main__":
+    fewshot_benchmark()
