@@ -65,6 +65,8 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="CLINC150 folder")
     parser.add_argument("--seeds", nargs="+", type=int, default=list(SEEDS))
     parser.add_argument("--work", type=Path, default=None, help="keep each seed's outcomes and registry here")
+    parser.add_argument("--retrain-arg", action="append", default=[], dest="retrain_args",
+                        help="an argument for intentflow retrain (repeat for each), e.g. --retrain-arg=--no-refit")
     args = parser.parse_args()
     started = stamp()
     runs = {}
@@ -74,7 +76,7 @@ def main() -> None:
             folder = work / f"seed{seed}"
             if not (folder / "registry" / "production.json").is_file():
                 folder.mkdir(parents=True, exist_ok=True)
-                train_fewshot(args.data, "embeddings", seed, SHOTS, folder)
+                train_fewshot(args.data, "embeddings", seed, SHOTS, folder, args.retrain_args)
             scratch = Path(temp) / f"export{seed}"
             scratch.mkdir()
             runs[seed] = score(folder / "registry", args.data, scratch)

@@ -104,8 +104,8 @@ def registry_copy(tmp_path: Path, promoted_twice: dict[str, Any]) -> Path:
 @pytest.fixture
 def postgres() -> Iterator[Any]:
     """PostgreSQL on 127.0.0.1 (tests/flows/postgres.py); the test is skipped where Debian's package is missing."""
-    from flow_helpers import free_port
-    from postgres import binaries, start_postgres
+    from .flow_helpers import free_port
+    from .postgres import binaries, start_postgres
 
     if binaries() is None:
         pytest.skip("PostgreSQL is not installed (fix: apt-get install -y postgresql, as .ci/run does)")
