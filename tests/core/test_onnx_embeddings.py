@@ -43,7 +43,11 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def exported(checkpoint: Path) -> Path:
-    return export_onnx(checkpoint, checkpoint.with_name("model.onnx"))
+    out = checkpoint.with_name("model.onnx")
+    code, stdout, err = run_cli(["export-onnx", "--checkpoint", str(checkpoint), "--out", str(out)])
+    assert code == 0, err
+    assert str(tokenizer_path(out)) in stdout and str(metadata_path(out)) in stdout
+    return out
 
 
 def test_onnx_runtime_predicts_what_pytorch_predicts(exported, checkpoint):
@@ -124,11 +128,8 @@ def test_a_registry_serves_production_without_importing_torch(checkpoint, tmp_pa
 def test_int8_quantizes_the_encoder_and_keeps_the_answers(checkpoint, exported, tmp_path):
     import onnx
 
-    out = tmp_path / "int8.onnx"
-    code, stdout, err = run_cli(["export-onnx", "--checkpoint", str(checkpoint), "--out", str(out), "--int8"])
+    out = export_onnx(checkpoint, tmp_path / "int8.onnx", int8=True)
 
-    assert code == 0, err
-    assert str(tokenizer_path(out)) in stdout
     assert json.loads(metadata_path(out).read_text(encoding="utf-8"))["precision"] == "int8"
     # The transformer layers' weights at a byte each; the word embeddings stay float32 (a lookup, no arithmetic).
     assert out.stat().st_size < 0.7 * exported.stat().st_size
@@ -141,15 +142,15 @@ def test_int8_quantizes_the_encoder_and_keeps_the_answers(checkpoint, exported, 
            [p.label for p in Classifier.load(checkpoint).predict_batch(texts)]
 
 
-def test_int8_of_a_bag_of_words_model_is_refused(toy_model, tmp_path):
+def test_int8_is_not_offered_by_the_cli_and_refused_for_bag_of_words(toy_model, tmp_path):
     from .test_onnx import save_toy_checkpoint
 
     source = save_toy_checkpoint(toy_model, tmp_path)
-
-    code, _, err = run_cli(["export-onnx", "--checkpoint", str(source), "--out", str(tmp_path / "m.onnx"), "--int8"])
-
-    assert code == 1
-    assert "bag-of-words model" in err and "without --int8" in err
+    # It moved CLINC150 10-shot test accuracy by 0.60 points, over the 0.3 the issue allowed (benchmarks/RESULTS.md).
+    with pytest.raises(SystemExit):
+        run_cli(["export-onnx", "--checkpoint", str(source), "--out", str(tmp_path / "m.onnx"), "--int8"])
+    with pytest.raises(IntentflowError, match="bag-of-words model.*without int8"):
+        export_onnx(source, tmp_path / "m.onnx", int8=True)
     assert not (tmp_path / "m.onnx").exists()
 
 
