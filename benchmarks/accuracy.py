@@ -85,7 +85,7 @@ def tfidf_reference(train: tuple[list[str], list[str]], texts: list[str]) -> lis
 def frozen_encoder_reference(train: tuple[list[str], list[str]], texts: list[str]) -> list[str]:
     from sklearn.linear_model import LogisticRegression
 
-    from intentflow.train import load_encoder
+    from intentflow.encoder import load_encoder
 
     encoder = load_encoder("", "cpu", serving=True)
     model = LogisticRegression(C=10, max_iter=5000)

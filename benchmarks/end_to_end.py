@@ -24,8 +24,9 @@ from intentflow.dataset import prepare_data
 from intentflow.evaluate import evaluate_model
 from intentflow.inference import Classifier
 from intentflow.outcomes import load_outcomes
+from intentflow.refit import refit_model
 from intentflow.split import Split
-from intentflow.train import refit_model, train_split
+from intentflow.train import train_split
 
 
 def timed_retrain(registry: Path, env: dict[str, str]) -> tuple[float, int, str, float, float]:

@@ -34,7 +34,7 @@ from intentflow.registry import Registry, open_registry
 from intentflow.report import release_notes
 from intentflow.split import Split
 from intentflow.storage import Location, http_url, is_url
-from intentflow.train import TrainedModel
+from intentflow.trained import TrainedModel
 from tasks.augment import augment_outcomes
 from tasks.evaluate import evaluate_model
 from tasks.gate import gate_candidate
@@ -42,8 +42,9 @@ from tasks.golden import load_golden
 from tasks.incremental import choose_mode, continue_training, select_incremental_rows
 from tasks.outcomes import load_outcomes
 from tasks.publish import publish_version
+from tasks.refit import refit_model
 from tasks.split import split_rows
-from tasks.train import refit_model, train_split
+from tasks.train import train_split
 
 VERSIONS_ARTIFACT_KEY = "intent-model-versions"
 REPORT_ARTIFACT_KEY = "intent-model-report"

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 import torch
 
 if TYPE_CHECKING:
-    from intentflow.train import TrainedModel
+    from intentflow.trained import TrainedModel
 
 logger = logging.getLogger(__name__)
 

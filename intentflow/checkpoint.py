@@ -21,7 +21,7 @@ from intentflow.errors import IntentflowError, display_path
 from intentflow.fileio import atomic_write, write_json
 from intentflow.model import parameter_shapes
 from intentflow.storage import Location, is_url, read_bytes, sibling
-from intentflow.train import TrainedModel
+from intentflow.trained import TrainedModel
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 FORMAT = "intentflow-checkpoint"

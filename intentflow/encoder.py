@@ -36,6 +36,21 @@ PAIR_BATCH = 64
 SIMILARITY_SCALE = 20.0
 
 
+# Where sentence vectors of a frozen encoder are kept between runs (INTENTFLOW_CACHE_DIR overrides).
+CACHE_VARIABLE = "INTENTFLOW_CACHE_DIR"
+
+
+def load_encoder(name: str, device: str, state: dict[str, torch.Tensor] | None = None,
+                 serving: bool = False, layers: Sequence[int] = ()) -> SentenceEncoder:
+    """The sentence encoder ``name`` (empty: the bundled all-MiniLM-L6-v2), ``layers`` appended to its vector.
+
+    For training, vectors of a frozen encoder are cached on disk; ``serving`` keeps none, on disk or in memory.
+    """
+    cache = os.environ.get(CACHE_VARIABLE) or Path.home() / ".cache" / "intentflow" / "embeddings"
+    return SentenceEncoder(name, device=device, cache_dir=None if state is not None else cache, state=state,
+                           remember=not serving, layers=layers)
+
+
 def bfloat16_pays(device: torch.device) -> bool:
     """Whether bfloat16 autocast speeds fine-tuning on ``device``.
 

@@ -26,7 +26,8 @@ from intentflow.model import IntentMLP
 from intentflow.outcomes import OutcomeSet, normalise_text
 from intentflow.report import config_changes
 from intentflow.split import Split
-from intentflow.train import EpochStats, TrainedModel, check_val_labels, fit, resolve_device, train_split
+from intentflow.train import check_val_labels, fit, resolve_device, train_split
+from intentflow.trained import EpochStats, TrainedModel
 
 if TYPE_CHECKING:
     from intentflow.config import Settings

@@ -19,7 +19,7 @@ from intentflow.prediction import Prediction
 
 if TYPE_CHECKING:
     from intentflow.encoder import SentenceEncoder
-    from intentflow.train import TrainedModel
+    from intentflow.trained import TrainedModel
 
 PRECISIONS = ("float32", "bfloat16")
 # Sentences per forward pass in batch prediction; bounds memory for very large inputs.
@@ -47,7 +47,7 @@ def build_encoder(payload: dict[str, Any], device: str = "cpu") -> SentenceEncod
     """The sentence encoder an embeddings checkpoint was trained with (its fine-tuned weights included)."""
     if payload.get("config", {}).get("featurizer", "bow") != "embeddings":
         return None
-    from intentflow.train import load_encoder
+    from intentflow.encoder import load_encoder
 
     entry = payload["encoder"]
     encoder = load_encoder(entry["model"], device, state=payload.get("encoder_state"), serving=True,

@@ -22,7 +22,7 @@ from intentflow.features import Vocabulary
 from intentflow.model import IntentMLP, val_scores
 
 if TYPE_CHECKING:
-    from intentflow.train import TrainedModel
+    from intentflow.trained import TrainedModel
 
 logger = logging.getLogger(__name__)
 

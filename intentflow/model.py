@@ -4,12 +4,18 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from intentflow.kernels import BagSums, ByteDropout, Layers, run_layers
+
+if TYPE_CHECKING:
+    from intentflow.config import TrainConfig
+    from intentflow.encoder import SentenceEncoder
+    from intentflow.features import Vocabulary
 
 
 class IntentMLP(nn.Module):
@@ -66,6 +72,14 @@ class IntentMLP(nn.Module):
         if torch.is_grad_enabled():
             return Layers.apply(hidden, masks, *parameters)
         return run_layers(hidden, masks, parameters)[-1]
+
+
+def network(vocab: Vocabulary, labels: list[str], config: TrainConfig,
+             encoder: SentenceEncoder | None) -> IntentMLP:
+    """A network of ``config``'s shape with fresh weights (torch's seed as it stands): bags of ``vocab``'s features,
+    or ``encoder``'s vectors where there is one."""
+    return IntentMLP(len(vocab), len(labels), config.hidden_size, config.hidden_layers, config.dropout,
+                     input_dim=encoder.dimension if encoder is not None else None)
 
 
 def parameter_shapes(vocab_size: int, num_labels: int, hidden_size: int,

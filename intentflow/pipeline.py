@@ -11,9 +11,10 @@ from intentflow.config import TrainConfig
 from intentflow.dataset import read_prepared
 from intentflow.evaluate import evaluate_model
 from intentflow.inference import Classifier
-from intentflow.refit import HELD_OUT_ROLE, ServedModel, refit_or_keep
+from intentflow.refit import HELD_OUT_ROLE, ServedModel, refit_model, refit_or_keep
 from intentflow.split import Split
-from intentflow.train import EpochStats, refit_model, train_split
+from intentflow.train import train_split
+from intentflow.trained import EpochStats
 
 
 def train_from_data(data_dir: str | Path, config: TrainConfig, checkpoint: str | Path,

@@ -14,15 +14,18 @@ The CLI's ``intentflow train`` and the retrain flow both call these, so they pub
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from intentflow.evaluate import evaluate_model
+from intentflow.heads import merge_more_heads
 from intentflow.incremental import continue_training
 from intentflow.inference import Classifier
 from intentflow.split import Split
-from intentflow.train import TrainedModel, refit_model, take_judged_figures
+from intentflow.train import fit, new_model, originals
+from intentflow.trained import EpochStats, TrainedModel
 
 if TYPE_CHECKING:
     from intentflow.config import Settings
@@ -30,6 +33,8 @@ if TYPE_CHECKING:
 
 # Marks the checkpoint of a version's held-out model, kept beside the model it serves.
 HELD_OUT_ROLE = "held_out"
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -43,6 +48,49 @@ class ServedModel:
     @property
     def is_held_out(self) -> bool:
         return self.record is None or not self.record.get("published")
+
+
+def refit_model(held_out: TrainedModel, split: Split,
+                on_epoch: Callable[[EpochStats, int], None] | None = None) -> TrainedModel:
+    """Train again from scratch on the training and the validation rows, for the held-out run's best epoch count.
+
+    ``held_out`` (trained on ``split.train``, validated on ``split.val``) chose the epoch count, was scored and
+    passed the gate; this model is what gets published: it also learnt the validation originals, which in a few-shot
+    set are a tenth of what there is to learn. Same seed, same settings; every epoch runs and the last is kept.
+    The out-of-scope threshold is the held-out run's, calibrated on sentences that model never saw.
+    """
+    rows = [*split.train, *split.val]
+    texts, targets = [row.text for row in rows], [row.label for row in rows]
+    epochs = max(held_out.best_epoch, 1)
+    result = new_model(texts, targets, held_out.labels, held_out.config,
+                        [row.text for row in rows if not row.synthetic])
+    # The linear model is folded in where the held-out run's validation kept it (``linear.fold_into``).
+    linear_rows = (originals(texts, targets, [not row.synthetic for row in rows]) if held_out.linear is not None
+                   else None)
+    fit(result, texts, targets, [], [], epochs=epochs, lr=held_out.config.lr, on_epoch=on_epoch, keep_best=False,
+        calibrate=False, linear_rows=linear_rows)
+    if held_out.head_epochs:
+        head_epochs = held_out.head_epochs
+        merge_more_heads(result, len(head_epochs), lambda head, index: fit(
+            head, texts, targets, [], [], epochs=max(head_epochs[index], 1), lr=held_out.config.lr, on_epoch=None,
+            keep_best=False, calibrate=False))
+    last = result.history[-1]
+    result.refit = {"epochs": epochs, "rows": len(rows), "originals": len({row.original for row in rows}),
+                    "train_loss": last.train_loss, "train_accuracy": last.train_accuracy}
+    take_judged_figures(result, held_out)
+    logger.info("refit on all %d rows (%d originals) for %d epochs, the held-out run's best", len(rows),
+                result.refit["originals"], epochs)
+    return result
+
+
+def take_judged_figures(served: TrainedModel, judged: TrainedModel) -> None:
+    """Give ``served`` (a model that learnt the validation rows) the figures of ``judged``, the held-out model that
+    was scored on them: its history, best epoch and validation scores, and the out-of-scope threshold calibrated on
+    sentences it never saw. A served model's own validation figures would be on rows it learnt."""
+    served.history, served.best_epoch = list(judged.history), judged.best_epoch
+    served.stopped_early, served.oos_threshold = judged.stopped_early, judged.oos_threshold
+    served.folded_scores = judged.folded_scores
+    served.out_of_scope = list(judged.out_of_scope)
 
 
 def refit_or_keep(held_out: TrainedModel, split: Split, held_out_accuracy: float, *,

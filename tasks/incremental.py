@@ -11,7 +11,7 @@ from intentflow.incremental import IncrementalRows, ModeDecision
 from intentflow.incremental import continue_training as continue_from_production
 from intentflow.outcomes import OutcomeSet
 from intentflow.split import Split
-from intentflow.train import TrainedModel
+from intentflow.trained import TrainedModel
 from tasks.train import progress
 
 

@@ -9,7 +9,7 @@ from prefect.cache_policies import NO_CACHE
 from intentflow import train
 from intentflow.config import TrainConfig
 from intentflow.split import Split
-from intentflow.train import EpochStats, TrainedModel
+from intentflow.trained import EpochStats, TrainedModel
 
 # The progress artifact is updated at most this often, so a fast trainer is not slowed by API calls.
 PROGRESS_INTERVAL_SECONDS = 1.0
@@ -20,15 +20,6 @@ def train_split(data: Split, config: TrainConfig) -> TrainedModel:
     """Train on the worker's GPU when it has one (``device=auto``), showing the epoch as a progress artifact."""
     progress_id, on_epoch = progress("Training epochs (early stopping may end sooner)")
     trained = train.train_split(data, config, on_epoch=on_epoch)
-    update_progress_artifact(progress_id, progress=100.0)
-    return trained
-
-
-@task(name="refit_model", cache_policy=NO_CACHE)
-def refit_model(held_out: TrainedModel, data: Split) -> TrainedModel:
-    """``train.refit_model``: every row, for the held-out run's best epoch count, with a progress artifact."""
-    progress_id, on_epoch = progress("Refit on every row, for the epoch count the held-out run chose")
-    trained = train.refit_model(held_out, data, on_epoch=on_epoch)
     update_progress_artifact(progress_id, progress=100.0)
     return trained
 

@@ -11,7 +11,7 @@ from typing import Any
 from intentflow.config import TrainConfig
 from intentflow.dataset import PreparedData
 from intentflow.outcomes import OutcomeSet
-from intentflow.train import TrainedModel
+from intentflow.trained import TrainedModel
 
 REPO = Path(__file__).resolve().parents[2]
 BUNDLED_OUTCOMES = REPO / "config" / "outcomes"

@@ -13,8 +13,9 @@ from intentflow.checkpoint import build_payload, load_checkpoint, save_checkpoin
 from intentflow.encoder import SentenceEncoder
 from intentflow.errors import IntentflowError
 from intentflow.inference import Classifier
+from intentflow.refit import refit_model
 from intentflow.split import Split
-from intentflow.train import refit_model, train_model
+from intentflow.train import train_model
 
 from .helpers import TOY, tiny_train_config
 

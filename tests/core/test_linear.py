@@ -102,8 +102,8 @@ def test_a_trained_model_carries_the_linear_model_through_its_checkpoint(toy_fol
 
 def test_a_linear_model_that_lowers_validation_accuracy_is_left_out_and_the_refit_follows(toy_folder, monkeypatch):
     import intentflow.linear as linear
+    from intentflow.refit import refit_model
     from intentflow.split import Split
-    from intentflow.train import refit_model
 
     data = prepare_data(load_outcomes(toy_folder), PrepareConfig(augment_factor=12, min_val_per_label=2, seed=1))
     split = Split(data.train, data.val)

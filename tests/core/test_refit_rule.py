@@ -14,7 +14,8 @@ from intentflow.config import PrepareConfig
 from intentflow.dataset import prepare_data, write_prepared
 from intentflow.outcomes import load_outcomes
 from intentflow.pipeline import train_from_data
-from intentflow.train import TrainedModel, refit_model
+from intentflow.refit import refit_model
+from intentflow.trained import TrainedModel
 
 from .helpers import TOY, tiny_train_config, write_outcome_folder
 

@@ -13,8 +13,9 @@ from intentflow.errors import IntentflowError
 from intentflow.features import tokenize
 from intentflow.inference import Classifier
 from intentflow.outcomes import load_outcomes
+from intentflow.refit import refit_model
 from intentflow.split import Split
-from intentflow.train import refit_model, train_model
+from intentflow.train import train_model
 
 from .helpers import TOY, tiny_train_config
 

@@ -24,7 +24,7 @@ from intentflow.cli import main
 from intentflow.errors import ValidationFailed
 from intentflow.inference import Classifier
 from intentflow.registry import Registry, open_registry
-from tasks.train import refit_model
+from tasks.refit import refit_model
 
 from .flow_helpers import read_artifacts, table_rows
 
@@ -252,7 +252,7 @@ def test_a_promoted_run_publishes_the_model_refit_on_every_row(make_params: Call
 def test_a_refit_that_scores_below_the_held_out_model_is_not_published(
         make_params: Callable[..., RetrainParameters], monkeypatch: pytest.MonkeyPatch) -> None:
     import flows.retrain
-    from intentflow.train import TrainedModel
+    from intentflow.trained import TrainedModel
 
     @task(name="refit_model")
     def broken_refit(held_out: TrainedModel, data: Any) -> TrainedModel:

@@ -18,8 +18,8 @@ STAGES = sorted(module.name for module in pkgutil.iter_modules(tasks.__path__))
 
 
 def test_every_stage_has_a_task_module() -> None:
-    assert STAGES == ["augment", "evaluate", "gate", "golden", "incremental", "outcomes", "publish", "score", "split",
-                      "train"]
+    assert STAGES == ["augment", "evaluate", "gate", "golden", "incremental", "outcomes", "publish", "refit", "score",
+                      "split", "train"]
 
 
 @pytest.mark.parametrize("stage", STAGES)
