@@ -1,7 +1,11 @@
-"""The out-of-scope threshold: predictions less confident than it are answered with the unknown label.
+"""Out of scope: what an intent model answers with the unknown label.
 
-Chosen on validation rows the model never learnt: from its confidence on the correctly predicted originals, or,
-where an outcome is marked out of scope, as the threshold that answers the most validation rows right.
+- An embeddings model refuses a sentence no example it learnt is ``oos_similarity`` similar to (cosine of the
+  fine-tuned encoder's vectors): ``remember_examples`` keeps those vectors with the model.
+- A confidence threshold: predictions less confident than it are the unknown label. ``auto`` chooses it on
+  validation rows the model never learnt: where an outcome is marked out of scope, as the threshold that answers the
+  most validation rows right; else, for an embeddings model without the similarity rule, from its confidence on the
+  correctly predicted originals.
 """
 
 from __future__ import annotations
@@ -12,11 +16,17 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import torch
+import torch.nn.functional as F
 
 if TYPE_CHECKING:
     from intentflow.trained import TrainedModel
 
 logger = logging.getLogger(__name__)
+
+# Examples compared with a batch of sentences at a time by ``nearest_similarity``.
+SIMILARITY_CHUNK = 4096
+# The similarity rule refuses at most this share of the validation originals (docs/decisions.md).
+SIMILARITY_SHARE = 0.10
 
 # oos_threshold = "auto": OOS_SCALE of the way from chance (1 / outcomes) to the confidence below which OOS_SHARE of
 # the correctly predicted validation originals fall: a share that a few originals decide, not one, scaled back
@@ -59,6 +69,12 @@ def oos_threshold(result: TrainedModel, val_x: list[torch.Tensor] | None,
         logger.info("out-of-scope threshold %s, chosen on %d validation rows with those of %s as rows to refuse",
                     threshold, len(val_y), ", ".join(result.out_of_scope))
         return threshold
+    if result.config.oos_similarity != "off":
+        # The similarity rule refuses what is far from every example; a confidence threshold on top of it refused
+        # in-scope sentences it kept and little else (docs/decisions.md#out-of-scope-by-similarity).
+        logger.info("oos_threshold auto: off, as oos_similarity %s decides what is out of scope",
+                    result.config.oos_similarity)
+        return None
     threshold = calibrate_oos(probabilities.cpu(), val_y.cpu())
     logger.info("out-of-scope threshold %s, calibrated on %d validation rows", threshold, len(val_y))
     return threshold
@@ -97,4 +113,50 @@ def calibrate_with_refusals(probabilities: torch.Tensor, targets: torch.Tensor, 
         right = int((to_refuse & (refused_anyway | below)).sum() + (~to_refuse & ~below & (predicted == targets)).sum())
         if right > best_right:
             best, best_right = threshold, right
+    return best
+
+
+def remember_examples(result: TrainedModel, texts: Sequence[str], known: torch.Tensor | None = None) -> None:
+    """Keep the unit vectors of ``texts``, the examples ``result`` learnt (with ``known``, vectors of examples kept
+    before), for the similarity rule; nothing for a bag-of-words model or with ``oos_similarity`` off."""
+    setting = result.config.oos_similarity
+    if result.encoder is None or setting == "off":
+        result.examples, result.oos_similarity = None, None
+        return
+    unique = list(dict.fromkeys(texts))
+    with torch.no_grad():
+        vectors = F.normalize(result.encoder.encode(unique).float().cpu(), dim=1) if unique else None
+    parts = [part for part in (known, vectors) if part is not None]
+    if not parts:
+        result.examples, result.oos_similarity = None, None
+        return
+    # Kept in half precision, as the checkpoint stores them, so that a model answers the same before and after saving.
+    result.examples = torch.cat([part.half() for part in parts])
+    result.oos_similarity = float(setting)
+
+
+def calibrate_similarity(result: TrainedModel, val_originals: Sequence[str]) -> None:
+    """``result.oos_similarity``: the setting, lowered where it would refuse more than ``SIMILARITY_SHARE`` of the
+    validation originals (sentences people wrote for the outcomes, which the model never learnt): outcomes of a
+    few examples each leave new wordings far from all of them."""
+    if result.examples is None:
+        return
+    setting = float(result.config.oos_similarity)
+    if val_originals:
+        with torch.no_grad():
+            similarity = nearest_similarity(result.encoder.encode(list(val_originals)), result.examples)
+        floor = math.floor(float(torch.quantile(similarity.double(), SIMILARITY_SHARE)) * 10_000) / 10_000
+        result.oos_similarity = min(setting, floor)
+    logger.info("out of scope below similarity %s to the nearest of %d examples (setting %s, %d validation "
+                "originals)", result.oos_similarity, len(result.examples), setting, len(val_originals))
+
+
+def nearest_similarity(vectors: torch.Tensor, examples: torch.Tensor) -> torch.Tensor:
+    """Each of ``vectors``' cosine similarity to the nearest of ``examples`` (unit rows), in chunks of examples so
+    that memory holds one chunk's products at a time."""
+    vectors = F.normalize(vectors.float(), dim=1)
+    best = torch.full((len(vectors),), -1.0)
+    for start in range(0, len(examples), SIMILARITY_CHUNK):
+        chunk = examples[start:start + SIMILARITY_CHUNK].to(vectors.device, torch.float32)
+        best = torch.maximum(best, (vectors @ chunk.T).max(dim=1).values.cpu())
     return best

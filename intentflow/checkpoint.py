@@ -68,7 +68,10 @@ def build_payload(trained: TrainedModel, *, outcome_hash: str, prepare: dict[str
         "metrics": trained.metrics,
         # Predictions less confident than this are the unknown label (threshold None: never).
         "oos": {"threshold": trained.oos_threshold, "label": config.unknown_label,
-                "setting": config.oos_threshold, "outcomes": list(trained.out_of_scope)},
+                "setting": config.oos_threshold, "outcomes": list(trained.out_of_scope),
+                # An embeddings model: sentences less similar than this to every one of these example vectors.
+                "similarity": trained.oos_similarity,
+                "examples": trained.examples.detach().cpu() if trained.examples is not None else None},
         "history": [stats.to_dict() for stats in trained.history],
         "outcome_hash": outcome_hash,
         "validation": {"text": list(val_texts), "label": list(val_labels),
@@ -247,9 +250,22 @@ def _check_optional(payload: dict[str, Any], shown: str) -> None:
                 threshold is None or (isinstance(threshold, int | float) and not isinstance(threshold, bool)
                                       and 0.0 <= threshold <= 1.0)):
             _refuse(shown, "'oos' must hold a threshold from 0 to 1 (or null) and a non-blank label")
+        _check_similarity(oos, payload, shown)
     for key, kind in (("history", list), ("outcome_hash", str), ("created_at", str)):
         if payload.get(key) is not None and not isinstance(payload[key], kind):
             _refuse(shown, f"'{key}' has the wrong type")
+
+
+def _check_similarity(oos: dict[str, Any], payload: dict[str, Any], shown: str) -> None:
+    similarity, examples = oos.get("similarity"), oos.get("examples")
+    if similarity is None and examples is None:
+        return
+    width = payload["config"].get("input_dim")
+    if not (isinstance(similarity, int | float) and not isinstance(similarity, bool) and -1.0 <= similarity <= 1.0) \
+            or not isinstance(examples, torch.Tensor) or not examples.is_floating_point() or examples.dim() != 2 \
+            or examples.shape[1] != width:
+        _refuse(shown, "'oos.similarity' must be a cosine from -1 to 1 with 'oos.examples' a float tensor of one "
+                       "row per example, as wide as the encoder's vectors")
 
 
 def _positive_whole(value: Any) -> bool:

@@ -67,7 +67,7 @@ def _setting_flags(sections: tuple[str, ...]) -> dict[str, tuple[Any, str]]:
             kind = ("choices", list(get_args(annotation)))
         elif name == "embedding_layers":
             kind = _layer_list
-        elif name == "oos_threshold":
+        elif name in ("oos_threshold", "oos_similarity"):
             kind = _threshold
         flags[name] = (kind, f"{info.description} (default {_shown(info.default)})")
     return flags

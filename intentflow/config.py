@@ -67,6 +67,9 @@ class TrainConfig(_Strict):
     embedding_heads: int = Field(5, ge=1, le=32, description="Embeddings: networks trained from consecutive seeds "
                                  "on the same sentence vectors and merged into one that averages their logits; "
                                  "1 = a single network")
+    oos_similarity: Literal["off"] | float = Field(
+        0.66, description="Embeddings: a sentence whose cosine similarity to every example the model learnt is "
+        "below this is out of scope (answered with the unknown label); off never refuses by similarity")
     # Either featurizer.
     refit: bool = Field(True, description="Serve a model trained again on the training and validation rows for "
                         "the held-out run's epoch count; the gate judges the held-out model, kept beside it")
@@ -81,6 +84,13 @@ class TrainConfig(_Strict):
     def _threshold_range(cls, value: str | float) -> str | float:
         if not isinstance(value, str) and not 0.0 <= value <= 1.0:
             raise ValueError("must be \"auto\", \"off\" or a confidence from 0 to 1")
+        return value
+
+    @field_validator("oos_similarity")
+    @classmethod
+    def _similarity_range(cls, value: str | float) -> str | float:
+        if not isinstance(value, str) and not -1.0 <= value <= 1.0:
+            raise ValueError("must be \"off\" or a cosine similarity from -1 to 1, e.g. 0.66")
         return value
 
     @field_validator("embedding_layers")

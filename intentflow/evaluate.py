@@ -33,6 +33,7 @@ class Evaluation:
     oos_samples: int = 0
     oos_recall: float | None = None
     oos_threshold: float | None = None
+    oos_similarity: float | None = None
 
     def to_dict(self) -> dict:
         data = asdict(self)
@@ -69,14 +70,15 @@ def evaluate_model(classifier: Classifier, texts: Sequence[str], labels: Sequenc
     A row is out of scope when its label is the classifier's unknown label or one of ``oos_labels``.
     """
     threshold = getattr(classifier, "oos_threshold", None)
+    similarity = getattr(classifier, "oos_similarity", None)
     unknown = getattr(classifier, "unknown_label", "unknown")
     refused = list(getattr(classifier, "out_of_scope", []) or [])
-    if threshold is None and not refused:
+    if threshold is None and similarity is None and not refused:
         decided = top = [prediction.label for prediction in classifier.predict_batch(texts)]
-    else:  # one pass of the network: the top outcome, and the decision the threshold makes of it
-        pairs = classifier.top(texts)
-        top = [classifier.labels[column] for column, _ in pairs]
-        decided = [classifier.decide(column, value).label for column, value in pairs]
+    else:  # one pass of the network: the top outcome, and whether the out-of-scope rules refuse it
+        index, _, refuse = classifier.answers(texts)
+        top = [classifier.labels[column] for column in index.tolist()]
+        decided = [unknown if no else label for label, no in zip(top, refuse.tolist(), strict=True)]
     # Rows of an outcome marked out of scope are things to refuse, like rows labelled oos.
     out_of_scope = {unknown, *oos_labels, *refused}
     inside = [position for position, label in enumerate(labels) if label not in out_of_scope]
@@ -88,7 +90,7 @@ def evaluate_model(classifier: Classifier, texts: Sequence[str], labels: Sequenc
     recall = sum(decided[position] == unknown for position in outside) / len(outside) if outside else None
     return replace(evaluation, unknown_labels=sorted({label for label in expected if label not in known}),
                    accuracy_without_oos=without, oos_samples=len(outside), oos_recall=recall,
-                   oos_threshold=threshold)
+                   oos_threshold=threshold, oos_similarity=similarity)
 
 
 def score(expected: Sequence[str], predicted: Sequence[str], top_confusions: int = 10) -> Evaluation:

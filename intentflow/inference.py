@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from intentflow.calibration import nearest_similarity
 from intentflow.checkpoint import load_checkpoint
 from intentflow.errors import IntentflowError
 from intentflow.features import Vocabulary
@@ -62,8 +63,9 @@ def build_encoder(payload: dict[str, Any], device: str = "cpu") -> SentenceEncod
 class Classifier:
     """A loaded intent model: ``predict(text)`` and ``predict_batch(texts)`` give label and confidence.
 
-    A prediction less confident than ``oos_threshold`` (the checkpoint's, unless given) is ``unknown_label``;
-    its confidence is still the top label's.
+    A prediction less confident than ``oos_threshold``, of an outcome marked out of scope, or (an embeddings model)
+    of a sentence less similar than ``oos_similarity`` to every example the model learnt is ``unknown_label``; its
+    confidence is still the top label's.
     """
 
     def __init__(self, model: IntentMLP, vocab: Vocabulary, labels: list[str],
@@ -82,6 +84,9 @@ class Classifier:
         self.unknown_label: str = oos.get("label", "unknown")
         # Outcomes whose examples are things to refuse: predicting one answers the unknown label.
         self.out_of_scope: list[str] = [label for label in oos.get("outcomes") or [] if label in labels]
+        # An embeddings model: a sentence less similar than this to every example vector is the unknown label.
+        self.oos_similarity: float | None = oos.get("similarity") if self.encoder is not None else None
+        self.examples: torch.Tensor | None = oos.get("examples") if self.oos_similarity is not None else None
         self._arrays: list[tuple[np.ndarray, np.ndarray]] | None = None
 
     @classmethod
@@ -91,6 +96,7 @@ class Classifier:
         classifier.oos_threshold = trained.oos_threshold
         classifier.unknown_label = trained.config.unknown_label
         classifier.out_of_scope = list(trained.out_of_scope)
+        classifier.oos_similarity, classifier.examples = trained.oos_similarity, trained.examples
         return classifier
 
     @classmethod
@@ -116,16 +122,27 @@ class Classifier:
         Bag-of-words input is featurised chunk by chunk in this thread while a second thread runs the network on
         the chunk before, so the two overlap on two cores (benchmarks/inference_speed.py).
         """
+        return self.scores(texts)[0]
+
+    def scores(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Softmax over labels, one row per text, and for a model with the similarity rule each text's cosine
+        similarity to the nearest example it learnt (else None): one pass of the encoder for both."""
         chunks = [list(texts[start:start + PREDICT_CHUNK]) for start in range(0, len(texts), PREDICT_CHUNK)]
         if not chunks:
-            return torch.zeros((0, len(self.labels)))
+            return torch.zeros((0, len(self.labels))), None
         if self.encoder is not None:
-            return torch.cat([self._softmax(self.encoder.encode(chunk)) for chunk in chunks])
+            parts, similar = [], []
+            for chunk in chunks:
+                vectors = self.encoder.encode(chunk)
+                parts.append(self._softmax(vectors))
+                if self.examples is not None:
+                    similar.append(nearest_similarity(vectors, self.examples))
+            return torch.cat(parts), torch.cat(similar) if similar else None
         if len(chunks) == 1:
-            return self._softmax(*self._bags(chunks[0]))
+            return self._softmax(*self._bags(chunks[0])), None
         with ThreadPoolExecutor(1, thread_name_prefix="intentflow-predict") as network:
             parts = [network.submit(self._softmax, *self._bags(chunk)) for chunk in chunks]
-            return torch.cat([part.result() for part in parts])
+            return torch.cat([part.result() for part in parts]), None
 
     def _bags(self, texts: list[str]) -> tuple[torch.Tensor, ...]:
         """Bags end to end, not padded: the first layer's fast kernel (docs/decisions.md#speed-of-the-training-step)."""
@@ -140,21 +157,25 @@ class Classifier:
             logits = self.model(*inputs[:2], offsets=inputs[2]) if len(inputs) == 3 else self.model(*inputs)
             return torch.softmax(logits.float(), dim=1)
 
-    def top(self, texts: Sequence[str]) -> list[tuple[int, float]]:
-        """The most probable label's index and its probability, per text, before any threshold (see ``decide``)."""
-        confidence, index = self.probabilities(texts).max(dim=1)
-        return list(zip(index.tolist(), confidence.tolist(), strict=True))
+    def answers(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Per text: the most probable label's index, its probability, and whether the answer is the unknown label
+        (below the confidence threshold, near no example, or an outcome marked out of scope). One network pass."""
+        probabilities, similarity = self.scores(texts)
+        confidence, index = probabilities.max(dim=1)
+        # In float64, as ``decide`` compares: a float32 confidence converts exactly.
+        refuse = torch.zeros_like(index, dtype=torch.bool) if self.oos_threshold is None \
+            else confidence.double() < self.oos_threshold
+        if similarity is not None and self.oos_similarity is not None:
+            refuse |= similarity.double() < self.oos_similarity
+        if self.out_of_scope:
+            refuse |= torch.isin(index, torch.tensor([self.labels.index(label) for label in self.out_of_scope]))
+        return index, confidence, refuse
 
     def predict_batch(self, texts: Sequence[str], apply_oos: bool = True) -> list[Prediction]:
-        """Label and confidence per text; ``apply_oos=False`` gives the top label even below the threshold."""
-        confidence, index = self.probabilities(texts).max(dim=1)
+        """Label and confidence per text; ``apply_oos=False`` gives the top label even when it would be refused."""
+        index, confidence, refuse = self.answers(texts)
         names = self.labels
-        if apply_oos and (self.oos_threshold is not None or self.out_of_scope):
-            # In float64, as ``decide`` compares: a float32 confidence converts exactly.
-            refuse = torch.zeros_like(index, dtype=torch.bool) if self.oos_threshold is None \
-                else confidence.double() < self.oos_threshold
-            if self.out_of_scope:
-                refuse |= torch.isin(index, torch.tensor([names.index(label) for label in self.out_of_scope]))
+        if apply_oos and bool(refuse.any()):
             index = torch.where(refuse, len(names), index)
             names = [*names, self.unknown_label]
         # tuple.__new__ builds the named tuples in C: one Python call per sentence was a sixth of a batch's time.

@@ -16,6 +16,7 @@ import json
 import logging
 import tempfile
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -37,6 +38,7 @@ from intentflow.onnx_serving import (  # noqa: F401 - OnnxClassifier re-exported
     FORMAT_VERSION,
     INPUTS,
     OUTPUT,
+    SIMILARITY,
     TOKEN_INPUTS,
     OnnxClassifier,
     metadata_path,
@@ -100,20 +102,30 @@ class _EmbeddingsGraph(nn.Module):
     """Token ids and attention mask -> softmax over labels: ``layer_vectors`` (the function the PyTorch encoder
     runs) of the fine-tuned encoder, then the merged head. Dropout is the identity at inference."""
 
-    def __init__(self, encoder: SentenceEncoder, head: IntentMLP, token_types: bool):
+    def __init__(self, encoder: SentenceEncoder, head: IntentMLP, token_types: bool,
+                 examples: torch.Tensor | None = None):
         super().__init__()
         self.encoder = encoder.model
         self.layers = encoder.layers
         self.head = head
         self.token_types = token_types
+        # The similarity rule's example vectors (unit rows): a second output, each sentence's similarity to the
+        # nearest of them, as ``calibration.nearest_similarity`` computes it.
+        self.examples = examples.float() if examples is not None else None
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, input_ids: torch.Tensor,
+                attention_mask: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         from intentflow.encoder import layer_vectors
 
         features = {"input_ids": input_ids, "attention_mask": attention_mask}
         if self.token_types:  # one sentence a row: every token of type 0, as the tokenizer gives
             features["token_type_ids"] = torch.zeros_like(input_ids)
-        return torch.softmax(self.head(layer_vectors(self.encoder, features, self.layers)), dim=1)
+        vectors = layer_vectors(self.encoder, features, self.layers)
+        probabilities = torch.softmax(self.head(vectors), dim=1)
+        if self.examples is None:
+            return probabilities
+        nearest = (torch.nn.functional.normalize(vectors.float(), dim=1) @ self.examples.T).max(dim=1).values
+        return probabilities, nearest
 
 
 def export_payload(payload: dict[str, Any], int8: bool = False) -> OnnxExport:
@@ -157,21 +169,26 @@ def _export_embeddings(payload: dict[str, Any], int8: bool) -> OnnxExport:
     head, vocab, labels = build_model(payload)
     encoder = build_encoder(payload)
     tokenizer, max_tokens = _serving_tokenizer(encoder)
-    graph = _EmbeddingsGraph(encoder, head, "token_type_ids" in encoder._features([""])).eval()
+    classifier = Classifier(head, vocab, labels, payload, encoder=encoder)
+    graph = _EmbeddingsGraph(encoder, head, "token_type_ids" in encoder._features([""]), classifier.examples).eval()
+    outputs = [OUTPUT] if classifier.examples is None else [OUTPUT, SIMILARITY]
     texts = ["", "wake me up at seven", *list(payload.get("validation", {}).get("text", []))[:64],
              " ".join(["a long sentence, cut where the encoder stops reading"] * 60)]
     inputs = _token_inputs(tokenizer, texts)
     with all_layer_states(encoder.model):
         with torch.inference_mode():
-            expected = Classifier(head, vocab, labels, payload, encoder=encoder).probabilities(texts)
+            probabilities, similarity = classifier.scores(texts)
+            expected = [probabilities] + ([similarity] if similarity is not None else [])
             traced = graph(*inputs)
+            traced = list(traced) if isinstance(traced, tuple) else [traced]
         # Compared with the classifier's own tokenizing and batching, so the tokenizer file is checked too.
-        if not torch.allclose(expected, traced, rtol=0.0, atol=EXPORT_TOLERANCE):
+        if not all(torch.allclose(want, got, rtol=0.0, atol=EXPORT_TOLERANCE)
+                   for want, got in zip(expected, traced, strict=True)):
             raise RuntimeError("intentflow.onnx_export._EmbeddingsGraph no longer computes what Classifier does for "
                                "an embeddings model; update it to match intentflow/encoder.py and inference.py")
         # Traced on two sentences of different lengths, so the graph keeps the attention mask's padding path.
-        model_bytes = _export_graph(graph, _token_inputs(tokenizer, texts[1:3]), TOKEN_INPUTS, "tokens")
-    _check_runtime(model_bytes, inputs, expected.numpy())
+        model_bytes = _export_graph(graph, _token_inputs(tokenizer, texts[1:3]), TOKEN_INPUTS, "tokens", outputs)
+    _check_runtime(model_bytes, inputs, [tensor.numpy() for tensor in expected], outputs)
     if int8:
         model_bytes = _quantize(model_bytes)
     tokenizer_json = tokenizer.to_str()
@@ -184,7 +201,9 @@ def _export_embeddings(payload: dict[str, Any], int8: bool) -> OnnxExport:
         "precision": "int8" if int8 else "float32",
         "inputs": {TOKEN_INPUTS[0]: "int64 [batch, tokens]: the tokenizer's ids, padded with 0",
                    TOKEN_INPUTS[1]: "int64 [batch, tokens]: 1 for a token, 0 for padding"},
-        "output": {OUTPUT: "float32 [batch, labels], softmax"},
+        "output": {OUTPUT: "float32 [batch, labels], softmax",
+                   **({SIMILARITY: "float32 [batch]: cosine similarity to the nearest example the model learnt"}
+                      if similarity is not None else {})},
         "labels": list(labels),
         "encoder": {"model": entry["model"], "layers": list(entry.get("layers", [])),
                     "tuned": bool(entry.get("tuned"))},
@@ -198,15 +217,18 @@ def _export_embeddings(payload: dict[str, Any], int8: bool) -> OnnxExport:
 
 def _common_metadata(payload: dict[str, Any]) -> dict[str, Any]:
     return {
-        # Answers less confident than threshold are label (threshold null: never); OnnxClassifier applies it.
-        "oos": payload.get("oos") or {"threshold": None, "label": "unknown"},
+        # Answers less confident than threshold are label (threshold null: never), and so are sentences whose output
+        # similarity is below similarity; OnnxClassifier applies both. The example vectors are inside the graph.
+        "oos": {key: value for key, value in (payload.get("oos") or {"threshold": None, "label": "unknown"}).items()
+                if key != "examples"},
         "outcome_hash": payload.get("outcome_hash"),
         "checkpoint_created_at": payload.get("created_at"),
         "intentflow_version": __version__,
     }
 
 
-def _export_graph(graph: nn.Module, sample: tuple[torch.Tensor, ...], inputs: tuple[str, str], width: str) -> bytes:
+def _export_graph(graph: nn.Module, sample: tuple[torch.Tensor, ...], inputs: tuple[str, str], width: str,
+                  outputs: Sequence[str] = (OUTPUT,)) -> bytes:
     buffer = io.BytesIO()
     with warnings.catch_warnings():
         # The TorchScript exporter is deprecated in favour of the dynamo one, but it still exports these graphs and
@@ -215,10 +237,10 @@ def _export_graph(graph: nn.Module, sample: tuple[torch.Tensor, ...], inputs: tu
         warnings.simplefilter("ignore")
         try:
             torch.onnx.export(graph, sample, buffer, dynamo=False, opset_version=OPSET, input_names=list(inputs),
-                              output_names=[OUTPUT], dynamic_axes={
+                              output_names=list(outputs), dynamic_axes={
                                   inputs[0]: {0: "batch", 1: width},
                                   inputs[1]: {0: "batch", 1: width},
-                                  OUTPUT: {0: "batch"},
+                                  **{output: {0: "batch"} for output in outputs},
                               })
         except Exception as error:  # noqa: BLE001 - the exporter raises many types
             first = str(error).splitlines()[0] if str(error) else type(error).__name__
@@ -255,7 +277,8 @@ def _token_inputs(tokenizer: Any, texts: list[str]) -> tuple[torch.Tensor, torch
     return ids, mask
 
 
-def _check_runtime(model_bytes: bytes, inputs: tuple[torch.Tensor, ...], expected: np.ndarray) -> None:
+def _check_runtime(model_bytes: bytes, inputs: tuple[torch.Tensor, ...], expected: list[np.ndarray],
+                   outputs: list[str]) -> None:
     """The exported graph run by ONNX Runtime, where it is installed, against PyTorch: tracing freezes Python
     branches of the transformer's code, and one taken for another shape of input would show here."""
     try:
@@ -263,11 +286,12 @@ def _check_runtime(model_bytes: bytes, inputs: tuple[torch.Tensor, ...], expecte
     except ImportError:
         return
     session = onnxruntime.InferenceSession(model_bytes, providers=["CPUExecutionProvider"])
-    got = session.run([OUTPUT], {name: tensor.numpy() for name, tensor in zip(TOKEN_INPUTS, inputs, strict=True)})[0]
-    if not np.allclose(got, expected, rtol=0.0, atol=EXPORT_TOLERANCE):
-        raise RuntimeError(f"the exported embeddings graph gives probabilities {np.abs(got - expected).max():.2e} away "
-                           "from PyTorch's on ONNX Runtime; the tracer kept a branch that does not hold for every "
-                           "input (see intentflow/onnx_export.py)")
+    got = session.run(outputs, {name: tensor.numpy() for name, tensor in zip(TOKEN_INPUTS, inputs, strict=True)})
+    for name, found, want in zip(outputs, got, expected, strict=True):
+        if not np.allclose(found, want, rtol=0.0, atol=EXPORT_TOLERANCE):
+            raise RuntimeError(f"the exported embeddings graph's {name} are {np.abs(found - want).max():.2e} away "
+                               "from PyTorch's on ONNX Runtime; the tracer kept a branch that does not hold for every "
+                               "input (see intentflow/onnx_export.py)")
 
 
 def _quantize(model_bytes: bytes) -> bytes:

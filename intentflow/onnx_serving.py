@@ -30,6 +30,8 @@ KINDS = ("bow", "embeddings")
 INPUTS = ("indices", "weights")
 TOKEN_INPUTS = ("input_ids", "attention_mask")
 OUTPUT = "probabilities"
+# An embeddings model with the similarity rule: each sentence's cosine similarity to the nearest example it learnt.
+SIMILARITY = "similarity"
 # Sentences per ONNX Runtime call for bag-of-words: the graph materialises [rows, width, hidden] floats.
 PREDICT_CHUNK = 512
 # Padded tokens per ONNX Runtime call for embeddings: bounds memory (attention holds rows x heads x tokens^2 floats)
@@ -103,19 +105,27 @@ class OnnxClassifier:
 
     def probabilities(self, texts: Sequence[str]) -> np.ndarray:
         """Softmax over labels, one row per text."""
-        if self.kind == "embeddings":
-            return self._token_probabilities(texts)
-        return self._bag_probabilities(texts)
+        return self.scores(texts)[0]
 
-    def _token_probabilities(self, texts: Sequence[str]) -> np.ndarray:
+    def scores(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray | None]:
+        """Softmax over labels, one row per text, and each text's similarity to the nearest example the model
+        learnt where it has the similarity rule (else None)."""
+        if self.kind == "embeddings":
+            return self._token_scores(texts)
+        return self._bag_probabilities(texts), None
+
+    def _token_scores(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray | None]:
         """Sentences are tokenized together, ordered by length and run in chunks of similar length, each padded to
         its own longest and at most ``TOKEN_BUDGET`` padded tokens, so the encoder spends little on padding."""
+        outputs = [output.name for output in self.session.get_outputs()]
         if len(texts) == 1:  # one sentence (predict): no padding, no sort or scatter
             ids = np.asarray([self.tokenizer.encode(texts[0]).ids], dtype=np.int64)
-            return self.session.run([OUTPUT], {TOKEN_INPUTS[0]: ids, TOKEN_INPUTS[1]: np.ones_like(ids)})[0]
+            got = self.session.run(outputs, {TOKEN_INPUTS[0]: ids, TOKEN_INPUTS[1]: np.ones_like(ids)})
+            return got[0], got[1] if len(got) > 1 else None
         probabilities = np.zeros((len(texts), len(self.labels)), dtype=np.float32)
+        similarity = np.zeros(len(texts), dtype=np.float32) if SIMILARITY in outputs else None
         if not texts:
-            return probabilities
+            return probabilities, similarity
         tokens = [encoding.ids for encoding in self.tokenizer.encode_batch(list(texts))]
         lengths = np.fromiter(map(len, tokens), dtype=np.int64, count=len(tokens))
         order = np.argsort(lengths, kind="stable")
@@ -130,9 +140,12 @@ class OnnxClassifier:
             for row, sentence in enumerate(rows):
                 ids[row, :lengths[sentence]] = tokens[sentence]
             mask = (np.arange(ids.shape[1]) < lengths[rows][:, None]).astype(np.int64)
-            probabilities[rows] = self.session.run([OUTPUT], {TOKEN_INPUTS[0]: ids, TOKEN_INPUTS[1]: mask})[0]
+            got = self.session.run(outputs, {TOKEN_INPUTS[0]: ids, TOKEN_INPUTS[1]: mask})
+            probabilities[rows] = got[0]
+            if similarity is not None:
+                similarity[rows] = got[1]
             first = end
-        return probabilities
+        return probabilities, similarity
 
     def _bag_probabilities(self, texts: Sequence[str]) -> np.ndarray:
         """The graph's work is a chunk's rows times its longest bag, so chunks are made of sentences of similar bag
@@ -162,15 +175,17 @@ class OnnxClassifier:
         return probabilities
 
     def predict_batch(self, texts: Sequence[str]) -> list[Prediction]:
-        probabilities = self.probabilities(texts)
+        probabilities, similarity = self.scores(texts)
         best = probabilities.argmax(axis=1)
         confidence = probabilities[np.arange(len(best)), best]
         oos = self.metadata.get("oos") or {}
         threshold, unknown = oos.get("threshold"), oos.get("label", "unknown")
+        refuse = np.zeros(len(best), dtype=bool) if threshold is None else confidence.astype(np.float64) < threshold
+        if similarity is not None and oos.get("similarity") is not None:
+            refuse |= similarity.astype(np.float64) < oos["similarity"]
         refused = set(oos.get("outcomes") or [])  # outcomes marked out of scope answer unknown too
-        return [Prediction(unknown if (threshold is not None and c < threshold) or self.labels[i] in refused
-                           else self.labels[i], c)
-                for i, c in zip(best.tolist(), confidence.tolist(), strict=True)]
+        return [Prediction(unknown if no or self.labels[i] in refused else self.labels[i], c)
+                for i, c, no in zip(best.tolist(), confidence.tolist(), refuse.tolist(), strict=True)]
 
     def predict(self, text: str) -> Prediction:
         return self.predict_batch([text])[0]
@@ -268,6 +283,13 @@ def _read_metadata(path: Location) -> dict[str, Any]:
             threshold is None or (isinstance(threshold, int | float) and not isinstance(threshold, bool))):
         raise IntentflowError(f"{shown} has an invalid 'oos' entry: it needs a threshold (a number or null) and a "
                               "label (fix: export it again with `intentflow export-onnx`)")
+    similarity = oos.get("similarity")
+    if similarity is not None and (isinstance(similarity, bool) or not isinstance(similarity, int | float)
+                                   or SIMILARITY not in metadata.get("output", {})):
+        # A model that should refuse by similarity but cannot would answer every out-of-scope sentence.
+        raise IntentflowError(f"{shown} has an invalid 'oos' entry: its similarity must be a number, with the "
+                              f"graph's {SIMILARITY!r} output named under 'output' (fix: export it again with "
+                              "`intentflow export-onnx`)")
     return metadata
 
 

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from intentflow import calibration
 from intentflow.evaluate import evaluate_model
 from intentflow.heads import merge_more_heads
 from intentflow.incremental import continue_training
@@ -74,6 +75,7 @@ def refit_model(held_out: TrainedModel, split: Split,
         merge_more_heads(result, len(head_epochs), lambda head, index: fit(
             head, texts, targets, [], [], epochs=max(head_epochs[index], 1), lr=held_out.config.lr, on_epoch=None,
             keep_best=False, calibrate=False))
+    calibration.remember_examples(result, [row.text for row in rows if not row.synthetic])
     last = result.history[-1]
     result.refit = {"epochs": epochs, "rows": len(rows), "originals": len({row.original for row in rows}),
                     "train_loss": last.train_loss, "train_accuracy": last.train_accuracy}
@@ -86,9 +88,12 @@ def refit_model(held_out: TrainedModel, split: Split,
 def take_judged_figures(served: TrainedModel, judged: TrainedModel) -> None:
     """Give ``served`` (a model that learnt the validation rows) the figures of ``judged``, the held-out model that
     was scored on them: its history, best epoch and validation scores, and the out-of-scope threshold calibrated on
-    sentences it never saw. A served model's own validation figures would be on rows it learnt."""
+    sentences it never saw, as is the similarity below which it refuses. A served model's own validation figures would
+    be on rows it learnt."""
     served.history, served.best_epoch = list(judged.history), judged.best_epoch
     served.stopped_early, served.oos_threshold = judged.stopped_early, judged.oos_threshold
+    if served.examples is not None:
+        served.oos_similarity = judged.oos_similarity
     served.folded_scores = judged.folded_scores
     served.out_of_scope = list(judged.out_of_scope)
 

@@ -27,10 +27,12 @@ def evaluation_text(evaluation: Evaluation, source: str) -> str:
 
 
 def _oos_lines(evaluation: Evaluation) -> list[str]:
-    if evaluation.oos_threshold is None:
+    if evaluation.oos_threshold is None and evaluation.oos_similarity is None:
         return ["out-of-scope: off (every sentence gets an outcome)"]
-    lines = [f"out-of-scope threshold: {evaluation.oos_threshold:.4f}  accuracy without it: "
-             f"{_pct(evaluation.accuracy_without_oos)}"]
+    rules = [*([f"similarity to the nearest example below {evaluation.oos_similarity:.2f}"]
+               if evaluation.oos_similarity is not None else []),
+             *([f"confidence below {evaluation.oos_threshold:.4f}"] if evaluation.oos_threshold is not None else [])]
+    lines = [f"out of scope: {' or '.join(rules)}  accuracy without it: {_pct(evaluation.accuracy_without_oos)}"]
     if evaluation.oos_recall is not None:
         lines.append(f"out-of-scope recall: {evaluation.oos_recall:.4f} of {evaluation.oos_samples} sentences")
     return lines

@@ -88,6 +88,8 @@ def train_model(
                                                              epochs=config.epochs, lr=config.lr, on_epoch=None,
                                                              calibrate=False))
         score_merged(result, val_texts, val_labels, val_is_original)
+    calibration.remember_examples(result, originals(train_texts, train_labels, train_is_original)[0])
+    calibration.calibrate_similarity(result, originals(val_texts, val_labels, val_is_original)[0])
     return result
 
 

@@ -59,6 +59,10 @@ class TrainedModel:
     head_epochs: list[int] | None = None
     # Labels of outcomes whose examples are things to refuse: predicting one answers the unknown label.
     out_of_scope: list[str] = field(default_factory=list)
+    # An embeddings model's vectors of the examples it learnt (unit length, one row each), and the cosine similarity
+    # below which a sentence near none of them is the unknown label (``calibration.remember_examples``).
+    examples: torch.Tensor | None = None
+    oos_similarity: float | None = None
 
     def inputs(self, texts: Sequence[str]) -> list[torch.Tensor]:
         """The network's input tensors for ``texts``: index bags and weights, or sentence vectors."""
@@ -80,6 +84,7 @@ class TrainedModel:
             "val_accuracy": folded["val_accuracy"] if folded else best.val_accuracy if best else None,
             "device": self.device,
             "oos_threshold": self.oos_threshold,
+            "oos_similarity": self.oos_similarity,
             "refit": self.refit,
             "linear": self.linear,
             "head_epochs": self.head_epochs,

@@ -112,7 +112,8 @@ def test_batched_threshold_decides_as_one_by_one_at_the_boundary(checkpoint):
         classifier.oos_threshold = threshold
         batched = classifier.predict_batch(PROBES)
 
-        assert batched == [classifier.decide(index, confidence) for index, confidence in classifier.top(PROBES)]
+        index, confidence, _ = classifier.answers(PROBES)
+        assert batched == [classifier.decide(i, c) for i, c in zip(index.tolist(), confidence.tolist(), strict=True)]
         assert all(type(p) is Prediction for p in batched)
         unknowns.append(sum(p.label == classifier.unknown_label for p in batched))
         assert unknowns[-1] == sum(confidence < threshold for confidence in confidences)

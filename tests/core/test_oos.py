@@ -68,7 +68,7 @@ def test_auto_threshold_answers_unknown_for_off_topic_sentences_and_survives_rel
     val_texts, val_labels = texts_labels(toy_rows.val)
     trained = train_model(train_texts, train_labels, val_texts, val_labels,
                           tiny_train_config(oos_threshold="auto", label_smoothing=0.1, featurizer="embeddings",
-                                            finetune_epochs=0, hidden_size=64, epochs=40))
+                                            finetune_epochs=0, hidden_size=64, epochs=40, oos_similarity="off"))
     classifier = Classifier.from_trained(trained)
 
     assert trained.oos_threshold is not None and 0.0 < trained.oos_threshold < 1.0
