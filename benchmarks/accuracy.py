@@ -122,7 +122,7 @@ def main() -> None:
         cell = lambda run: f"{run.accuracy_without_oos:.2%}" if run else "not run"  # noqa: E731
         overall = (f"{embeddings.overall:.2%} ({tfidf[1]:.2%} / {frozen[1]:.2%})" if embeddings else "not run")
         recall = (f"{embeddings.oos_recall:.2%}" if embeddings and embeddings.oos_recall is not None
-                  and embeddings.oos_threshold is not None else "n/a")
+                  and embeddings.refuses else "n/a")
         seconds = " / ".join(f"{run.seconds:.0f}" if run else "-" for run in (bow, embeddings))
         row = (f"| {name} | {shots or 'all'} | {tfidf[0]:.2%} | {frozen[0]:.2%} | {cell(bow)} | {cell(embeddings)} | "
                f"{overall} | {recall} | {seconds} |")

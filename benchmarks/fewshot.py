@@ -57,6 +57,12 @@ class FewshotRun:
     train_seconds: float  # the retrain command alone (Prefect's start-up included)
     samples: int = 0  # in-scope rows scored
     oos_samples: int = 0  # out-of-scope rows scored
+    oos_similarity: float | None = None  # the similarity below which an embeddings model refuses
+
+    @property
+    def refuses(self) -> bool:
+        """Whether the model answers unknown at all (a confidence threshold or the similarity rule)."""
+        return self.oos_threshold is not None or self.oos_similarity is not None
 
     @property
     def overall(self) -> float:
@@ -95,7 +101,7 @@ def run_fewshot(data: str | Path, featurizer: str, seed: int, shots: int | None 
         seconds = time.perf_counter() - started
     return FewshotRun(featurizer, seed, shots or 0, report["accuracy"], report["accuracy_without_oos"],
                       report["oos_recall"], report["oos_threshold"], round(seconds, 1), round(train_seconds, 1),
-                      report["samples"], report["oos_samples"])
+                      report["samples"], report["oos_samples"], report.get("oos_similarity"))
 
 
 def train_fewshot(data: str | Path, featurizer: str, seed: int, shots: int | None, work: str | Path,
@@ -133,7 +139,7 @@ def summary_rows(runs: Sequence[FewshotRun]) -> list[dict[str, object]]:
         mine = [run for run in runs if run.featurizer == featurizer]
         accuracy = [run.accuracy_without_oos for run in mine]
         # A run without a threshold answers nothing unknown: its recall is not a measurement of the detector.
-        recall = [run.oos_recall for run in mine if run.oos_recall is not None and run.oos_threshold is not None]
+        recall = [run.oos_recall for run in mine if run.oos_recall is not None and run.refuses]
         rows.append({
             "featurizer": featurizer,
             "seeds": ", ".join(str(run.seed) for run in mine),
@@ -149,14 +155,16 @@ def summary_rows(runs: Sequence[FewshotRun]) -> list[dict[str, object]]:
 
 
 def markdown_table(runs: Sequence[FewshotRun]) -> str:
-    lines = ["| featurizer | seed | accuracy | with OOS threshold | OOS recall | threshold | run time (s) |",
+    lines = ["| featurizer | seed | accuracy | with out-of-scope rule | OOS recall | rule | run time (s) |",
              "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for run in runs:
-        recall = f"{run.oos_recall:.2%}" if run.oos_recall is not None and run.oos_threshold is not None else "n/a"
-        threshold = f"{run.oos_threshold:.4f}" if run.oos_threshold is not None else "off"
+        recall = f"{run.oos_recall:.2%}" if run.oos_recall is not None and run.refuses else "n/a"
+        threshold = " and ".join([*([f"similarity {run.oos_similarity:.4f}"] if run.oos_similarity is not None else []),
+                                  *([f"confidence {run.oos_threshold:.4f}"] if run.oos_threshold is not None else [])
+                                  ]) or "off"
         lines.append(f"| {run.featurizer} | {run.seed} | {run.accuracy_without_oos:.2%} | {run.accuracy:.2%} | "
                      f"{recall} | {threshold} | {run.seconds:.0f} |")
-    lines += ["", "| featurizer | seeds | accuracy mean (min-max) | with OOS threshold | OOS recall | "
+    lines += ["", "| featurizer | seeds | accuracy mean (min-max) | with out-of-scope rule | OOS recall | "
                   "mean run time (s) |", "| --- | --- | ---: | ---: | ---: | ---: |"]
     for row in summary_rows(runs):
         recall = f"{row['oos_recall_mean']:.2f}%" if row["oos_recall_mean"] is not None else "n/a"

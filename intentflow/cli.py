@@ -56,9 +56,9 @@ def _setting_flags(sections: tuple[str, ...]) -> dict[str, tuple[Any, str]]:
     takes it as a flag. The defaults stated are the code's, which equal config/training.toml's (a test holds)."""
     from typing import Literal, get_args, get_origin
 
-    from intentflow.config import Settings, flat_settings
+    from intentflow.config import Settings, featurizer_of, flat_settings
 
-    flags: dict[str, tuple[Any, str]] = {}
+    flags: dict[str, tuple[Any, str, str | None]] = {}
     for name, (places, annotation, info) in flat_settings(Settings()).items():
         if not any(section in sections for section, _ in places):
             continue
@@ -69,7 +69,7 @@ def _setting_flags(sections: tuple[str, ...]) -> dict[str, tuple[Any, str]]:
             kind = _layer_list
         elif name in ("oos_threshold", "oos_similarity"):
             kind = _threshold
-        flags[name] = (kind, f"{info.description} (default {_shown(info.default)})")
+        flags[name] = (kind, f"{info.description} (default {_shown(info.default)})", featurizer_of(info))
     return flags
 
 
@@ -79,15 +79,23 @@ TRAIN_FLAGS = _setting_flags(("train",))
 RETRAIN_FLAGS = _setting_flags(("prepare", "train", "incremental", "gate", "publish"))
 
 
-def _add_flags(parser: argparse.ArgumentParser, flags: dict[str, tuple[Any, str]]) -> None:
-    for name, (kind, help_text) in flags.items():
+# --help lists the settings of one featurizer under its own heading.
+FLAG_GROUPS = {"bow": "bag-of-words settings", "embeddings": "embeddings settings"}
+
+
+def _add_flags(parser: argparse.ArgumentParser, flags: dict[str, tuple[Any, str, str | None]]) -> None:
+    groups: dict[str | None, Any] = {None: parser}
+    groups.update({featurizer: parser.add_argument_group(title) for featurizer, title in FLAG_GROUPS.items()
+                   if any(group == featurizer for _, _, group in flags.values())})
+    for name, (kind, help_text, featurizer) in flags.items():
+        target = groups[featurizer]
         flag = "--" + name.replace("_", "-")
         if kind is bool:
-            parser.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+            target.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
         elif isinstance(kind, tuple):
-            parser.add_argument(flag, dest=name, choices=kind[1], default=None, help=help_text)
+            target.add_argument(flag, dest=name, choices=kind[1], default=None, help=help_text)
         else:
-            parser.add_argument(flag, dest=name, type=kind, default=None, help=help_text)
+            target.add_argument(flag, dest=name, type=kind, default=None, help=help_text)
 
 
 def _location(text: str) -> Path | str:

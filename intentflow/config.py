@@ -19,6 +19,11 @@ MAX_WORD_NGRAMS = 8
 
 DEFAULT_CONFIG_PATH = Path("config/training.toml")
 
+# Settings that apply to one featurizer say which (``featurizer_of``): the CLI's help and the settings file group
+# them by it.
+BOW = {"featurizer": "bow"}
+EMBEDDINGS = {"featurizer": "embeddings"}
+
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -50,26 +55,32 @@ class TrainConfig(_Strict):
         "extra is installed, else bag-of-words")
     # Bag-of-words only.
     word_ngrams: int = Field(2, ge=1, le=MAX_WORD_NGRAMS, description="Bag-of-words: single words and runs of up "
-                             "to this many words; 1 = single words only")
+                             "to this many words; 1 = single words only", json_schema_extra=BOW)
     char_ngrams: int = Field(5, ge=0, le=MAX_CHAR_NGRAMS, description="Bag-of-words: also the character n-grams "
-                             "of 2 to this many characters inside each word; 0 = words only")
+                             "of 2 to this many characters inside each word; 0 = words only", json_schema_extra=BOW)
     linear_share: float = Field(0.5, ge=0.0, le=1.0, description="Bag-of-words: share of the logits from a "
-                                "logistic regression on the examples, folded into the network; 0 = the MLP alone")
+                                "logistic regression on the examples, folded into the network; 0 = the MLP alone",
+                                json_schema_extra=BOW)
     # Embeddings only.
-    embedding_model: str = Field("", max_length=1000, description="Sentence encoder (hub name or folder); "
-                                 "empty = the bundled all-MiniLM-L6-v2")
-    finetune_epochs: int = Field(6, ge=0, le=1000, description="Contrastive fine-tuning epochs of the encoder; "
-                                 "0 keeps it frozen")
-    finetune_lr: float = Field(5e-5, gt=0.0, le=1.0, description="Learning rate of encoder fine-tuning")
+    embedding_model: str = Field("", max_length=1000, description="Embeddings: sentence encoder (hub name or "
+                                 "folder); "
+                                 "empty = the bundled all-MiniLM-L6-v2", json_schema_extra=EMBEDDINGS)
+    finetune_epochs: int = Field(6, ge=0, le=1000, description="Embeddings: contrastive fine-tuning "
+                                 "epochs of the encoder; "
+                                 "0 keeps it frozen", json_schema_extra=EMBEDDINGS)
+    finetune_lr: float = Field(5e-5, gt=0.0, le=1.0, description="Embeddings: learning rate of encoder fine-tuning",
+                               json_schema_extra=EMBEDDINGS)
     embedding_layers: list[int] = Field([4], max_length=64, description="Embeddings: hidden layers of the "
                                               "encoder (0 = its word embeddings) whose averaged token states are "
-                                              "appended to its sentence vector; empty = the sentence vector alone")
+                                              "appended to its sentence vector; empty = the sentence vector alone",
+                                  json_schema_extra=EMBEDDINGS)
     embedding_heads: int = Field(5, ge=1, le=32, description="Embeddings: networks trained from consecutive seeds "
                                  "on the same sentence vectors and merged into one that averages their logits; "
-                                 "1 = a single network")
+                                 "1 = a single network", json_schema_extra=EMBEDDINGS)
     oos_similarity: Literal["off"] | float = Field(
         0.66, description="Embeddings: a sentence whose cosine similarity to every example the model learnt is "
-        "below this is out of scope (answered with the unknown label); off never refuses by similarity")
+        "below this is out of scope (answered with the unknown label); off never refuses by similarity",
+        json_schema_extra=EMBEDDINGS)
     # Either featurizer.
     refit: bool = Field(True, description="Serve a model trained again on the training and validation rows for "
                         "the held-out run's epoch count; the gate judges the held-out model, kept beside it")
@@ -159,6 +170,12 @@ class Settings(_Strict):
 # The sections a run can override by flat name (a flag, a flow parameter): the key itself, or with a prefix where
 # another section has the same key. ``seed`` is both prepare's and train's.
 FLAT_PREFIXES = {"prepare": "", "train": "", "gate": "", "publish": "", "incremental": "incremental_"}
+
+
+def featurizer_of(info: FieldInfo) -> str | None:
+    """The featurizer a setting applies to (``bow`` or ``embeddings``); None: to either."""
+    extra = info.json_schema_extra
+    return extra.get("featurizer") if isinstance(extra, dict) else None  # type: ignore[return-value]
 
 
 def flat_settings(settings: Settings) -> dict[str, tuple[list[tuple[str, str]], Any, FieldInfo]]:

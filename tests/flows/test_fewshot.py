@@ -96,7 +96,7 @@ def test_the_nightly_flow_publishes_one_table_per_night_under_one_key(fewshot: M
     assert [(row["featurizer"], row["accuracy_mean"], row["accuracy_min"], row["accuracy_max"]) for row in rows] == [
         ("bow", 80.5, 80.0, 81.0), ("embeddings", 92.5, 92.0, 93.0)]
     [runs] = read_artifacts(state.state_details.flow_run_id, benchmark.RUNS_ARTIFACT_KEY)
-    assert "| embeddings | 1 | 93.00% | 92.00% | 60.00% | 0.2000 | 31 |" in runs.data
+    assert "| embeddings | 1 | 93.00% | 92.00% | 60.00% | confidence 0.2000 | 31 |" in runs.data
 
 
 def test_summary_rows_give_mean_and_spread(fewshot: ModuleType) -> None:

@@ -12,7 +12,7 @@ import pytest
 
 from flows.retrain import RetrainParameters, retrain, run_name
 from intentflow.cli import PREPARE_FLAGS, RETRAIN_FLAGS, TRAIN_FLAGS, build_parser
-from intentflow.config import flat_settings, load_settings
+from intentflow.config import featurizer_of, flat_settings, load_settings
 
 from .flow_helpers import REPO
 
@@ -70,6 +70,23 @@ def test_every_setting_is_a_flag_of_the_commands_that_honour_it_and_reaches_the_
         assert (name in flags["train"]) == ("train" in sections), name
     assert set(RETRAIN_FLAGS) == set(settings)
     assert set(PREPARE_FLAGS) | set(TRAIN_FLAGS) < set(RETRAIN_FLAGS)
+
+
+def test_settings_of_one_featurizer_are_grouped_under_it_in_the_help() -> None:
+    settings = flat_settings(load_settings(REPO / "config" / "training.toml"))
+    grouped = {name: featurizer_of(info) for name, (_, _, info) in settings.items()}
+    assert {name for name, group in grouped.items() if group == "bow"} == {"word_ngrams", "char_ngrams",
+                                                                           "linear_share"}
+    assert {name for name, group in grouped.items() if group == "embeddings"} >= {"embedding_layers",
+                                                                                 "oos_similarity"}
+    # Each says so where it is read: the help line, and the form's field.
+    for name, group in grouped.items():
+        prefix = {"bow": "Bag-of-words: ", "embeddings": "Embeddings: ", None: ""}[group]
+        assert settings[name][2].description.startswith(prefix), name
+    parser = commands()["retrain"]
+    headings = {group.title: {action.dest for action in group._group_actions} for group in parser._action_groups}
+    assert headings["bag-of-words settings"] == {"word_ngrams", "char_ngrams", "linear_share"}
+    assert headings["embeddings settings"] == {name for name, group in grouped.items() if group == "embeddings"}
 
 
 def test_a_flag_a_command_cannot_honour_is_an_error(capsys: pytest.CaptureFixture[str]) -> None:

@@ -493,8 +493,11 @@ def test_published_model_answers_unknown_below_its_threshold(make_params: Callab
     payload = torch.load(version.checkpoint, weights_only=True)
     threshold = payload["oos"]["threshold"]
 
-    assert payload["oos"] == {"threshold": 0.6, "label": "no_match", "setting": 0.6, "outcomes": []}
-    assert f"out-of-scope threshold: {threshold:.4f}" in (version.path / "report.md").read_text(encoding="utf-8")
+    # A bag-of-words model: no example vectors, no similarity rule.
+    assert payload["oos"] == {"threshold": 0.6, "label": "no_match", "setting": 0.6, "outcomes": [],
+                              "similarity": None, "examples": None}
+    assert f"out of scope: confidence below {threshold:.4f}" in (version.path / "report.md").read_text(
+        encoding="utf-8")
     assert main(["predict", "--checkpoint", params.registry, "--json", "zzz qqq", "will it rain tomorrow"]) == 0
     answers = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [answer["label"] == "no_match" for answer in answers] == [answer["confidence"] < threshold
