@@ -132,7 +132,7 @@ def test_code_defaults_equal_the_bundled_training_toml():
 
 def test_cli_help_states_the_real_defaults():
     defaults = {**Settings().prepare.model_dump(), **Settings().train.model_dump()}
-    for name, (_, help_text) in {**PREPARE_FLAGS, **TRAIN_FLAGS}.items():
+    for name, (_, help_text, _) in {**PREPARE_FLAGS, **TRAIN_FLAGS}.items():
         stated = re.search(r"\((?:playbook:|default) ([^)]+)\)", help_text)
         assert stated, f"--{name} help states no default"
         expected = defaults[name]

@@ -101,8 +101,8 @@ def test_early_stopping_restores_the_best_epoch(toy_rows):
     assert trained.metrics == {
         "best_epoch": trained.best_epoch, "epochs_run": len(trained.history), "stopped_early": True,
         "train_loss": best.train_loss, "train_accuracy": best.train_accuracy, "val_loss": best.val_loss,
-        "val_accuracy": best.val_accuracy, "device": "cpu", "oos_threshold": None, "refit": None, "linear": None,
-        "head_epochs": None,
+        "val_accuracy": best.val_accuracy, "device": "cpu", "oos_threshold": None, "oos_similarity": None,
+        "refit": None, "linear": None, "head_epochs": None,
     }
 
 
