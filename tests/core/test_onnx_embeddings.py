@@ -104,6 +104,7 @@ def test_the_files_hold_what_serving_needs(exported, checkpoint):
         assert tokenizer.encode(text).ids == expected, text
 
 
+@pytest.mark.slow  # a fresh interpreter serving a registry
 def test_a_registry_serves_production_without_importing_torch(checkpoint, tmp_path):
     registry = Registry(tmp_path / "registry")
     payload = load_checkpoint(checkpoint)
@@ -132,6 +133,7 @@ def test_a_registry_serves_production_without_importing_torch(checkpoint, tmp_pa
     assert [c for _, c in result["answers"][:-1]] == pytest.approx([p.confidence for p in expected], abs=TOLERANCE)
 
 
+@pytest.mark.slow  # quantizes and exports the encoder again
 def test_int8_quantizes_the_encoder_and_keeps_the_answers(checkpoint, exported, tmp_path):
     import onnx
 

@@ -80,6 +80,7 @@ def test_validate_as_a_process_refuses_every_case_naming_file_and_field(corpus: 
         assert_every_case_refused(dict(zip(CASES, pool.map(lambda case: validate(case, root), CASES), strict=True)))
 
 
+@pytest.mark.slow  # a retrain run per bad outcome file, over two promoted versions
 def test_a_retrain_run_fails_on_every_case_and_production_is_untouched(
         corpus: dict[str, Path], promoted_twice: dict, tmp_path: Path, harness: None) -> None:
     from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings

@@ -24,6 +24,7 @@ EMBEDDINGS = {"featurizer": "embeddings", "finetune_epochs": 1, "embedding_heads
               "hidden_size": 32, "lr": 0.01}
 
 
+@pytest.mark.slow  # fine-tunes an encoder, then teaches
 def test_a_taught_sentence_continues_an_embeddings_production(tmp_path: Path) -> None:
     config = tmp_path / "training.toml"
     config.write_text(SETTINGS, encoding="utf-8")

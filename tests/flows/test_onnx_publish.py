@@ -73,6 +73,7 @@ def test_missing_onnx_package_fails_before_training(make_params: Callable[..., R
     assert not Registry(params.registry).versions()
 
 
+@pytest.mark.slow  # fine-tunes an encoder and exports it
 def test_an_embeddings_version_is_published_with_its_encoder_and_tokenizer(
         make_params: Callable[..., RetrainParameters]) -> None:
     params = make_params(onnx=True, featurizer="embeddings", finetune_epochs=1, embedding_heads=2, hidden_size=32,

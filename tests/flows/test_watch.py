@@ -42,6 +42,7 @@ def test_a_burst_of_edits_is_one_event(start_watcher: Callable[..., tuple[Path, 
     assert len(recorder.bursts) == 2
 
 
+@pytest.mark.slow  # waits out the debounce of fifty edits
 def test_fifty_edits_in_a_few_seconds_are_one_event(start_watcher: Callable[..., tuple[Path, Recorder]]) -> None:
     folder, recorder = start_watcher(quiet=1.0)
     names = [*OUTCOMES, *(f"new_outcome_{index}" for index in range(7))]
@@ -112,6 +113,7 @@ def test_watch_without_an_api_url_exits_naming_it(tmp_path: Path) -> None:
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.slow  # waits for connection timeouts
 def test_watch_with_no_server_answering_exits_naming_the_url(tmp_path: Path) -> None:
     url = f"http://127.0.0.1:{free_port()}/api"
     result = run_watch(tmp_path, PREFECT_API_URL=url)
