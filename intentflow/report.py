@@ -29,7 +29,7 @@ def evaluation_text(evaluation: Evaluation, source: str) -> str:
 def _oos_lines(evaluation: Evaluation) -> list[str]:
     if evaluation.oos_threshold is None and evaluation.oos_similarity is None:
         return ["out-of-scope: off (every sentence gets an outcome)"]
-    rules = [*([f"similarity to the nearest example below {evaluation.oos_similarity:.2f}"]
+    rules = [*([f"similarity to the nearest example below {evaluation.oos_similarity:.4f}"]
                if evaluation.oos_similarity is not None else []),
              *([f"confidence below {evaluation.oos_threshold:.4f}"] if evaluation.oos_threshold is not None else [])]
     lines = [f"out of scope: {' or '.join(rules)}  accuracy without it: {_pct(evaluation.accuracy_without_oos)}"]
