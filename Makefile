@@ -31,7 +31,7 @@ test: setup lint
 
 ## The suite without the tests marked slow (servers, killed or racing processes, the main job): for a quick check.
 test-fast: setup lint
-	$(BIN)/python -m pytest -m "not slow" -q
+	$(BIN)/python -m pytest -m "not slow" -q -n 2
 
 lint: setup
 	$(BIN)/ruff check .

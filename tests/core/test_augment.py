@@ -11,6 +11,8 @@ import time
 from collections import Counter, defaultdict
 from pathlib import Path
 
+import pytest
+
 from intentflow.augment import augment_outcomes
 from intentflow.outcomes import Outcome, OutcomeSet, normalise_text
 
@@ -36,6 +38,7 @@ def test_same_seed_same_rows_different_seed_different_rows(bundled_outcomes):
     assert [r for r in first.rows if not r.synthetic] == [r for r in other.rows if not r.synthetic]
 
 
+@pytest.mark.slow  # starts another interpreter
 def test_same_seed_same_rows_in_another_interpreter(bundled_outcomes):
     """String hashing is randomised per process; the rows must not depend on it."""
     script = ("import hashlib, json; from intentflow.outcomes import load_outcomes; "

@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from intentflow.cli import main
 
 from .helpers import BUNDLED_OUTCOMES, REPO, TOY
@@ -78,6 +80,7 @@ def _run(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
 
 
+@pytest.mark.slow  # starts another interpreter
 def test_module_entry_point_reports_without_traceback(make_outcomes, tmp_path):
     make_outcomes(BAD_FILES)
 
@@ -90,6 +93,7 @@ def test_module_entry_point_reports_without_traceback(make_outcomes, tmp_path):
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.slow  # starts another interpreter
 def test_console_script_validates_the_bundled_outcomes(tmp_path):
     script = Path(sys.executable).with_name("intentflow")
     assert script.is_file(), "the `intentflow` console script is not installed beside the interpreter"

@@ -27,6 +27,8 @@ from .test_onnx import SENTENCES, run_cli
 MIXED = [*SENTENCES, *(text for texts in UNSEEN.values() for text in texts), *toy_texts()[0],
          " ".join(["wake me up at seven and then play some music"] * 40)]
 TOLERANCE = 1e-4
+# Every test here fine-tunes (once, shared) and exports an encoder: make test runs them, make test-fast does not.
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
@@ -104,7 +106,6 @@ def test_the_files_hold_what_serving_needs(exported, checkpoint):
         assert tokenizer.encode(text).ids == expected, text
 
 
-@pytest.mark.slow  # a fresh interpreter serving a registry
 def test_a_registry_serves_production_without_importing_torch(checkpoint, tmp_path):
     registry = Registry(tmp_path / "registry")
     payload = load_checkpoint(checkpoint)
@@ -133,7 +134,6 @@ def test_a_registry_serves_production_without_importing_torch(checkpoint, tmp_pa
     assert [c for _, c in result["answers"][:-1]] == pytest.approx([p.confidence for p in expected], abs=TOLERANCE)
 
 
-@pytest.mark.slow  # quantizes and exports the encoder again
 def test_int8_quantizes_the_encoder_and_keeps_the_answers(checkpoint, exported, tmp_path):
     import onnx
 

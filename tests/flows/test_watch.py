@@ -20,6 +20,7 @@ from .flow_helpers import OUTCOMES, Recorder, free_port, prefect_env, write_outc
 INTENTFLOW = [sys.executable, "-m", "intentflow.cli"]
 
 
+@pytest.mark.slow  # waits out the debounce, and the watcher's exit
 def test_a_burst_of_edits_is_one_event(start_watcher: Callable[..., tuple[Path, Recorder]]) -> None:
     folder, recorder = start_watcher(quiet=0.6)
     for name in ("check_weather", "play_music"):
@@ -105,6 +106,7 @@ def run_watch(tmp_path: Path, **env: str) -> subprocess.CompletedProcess[str]:
                           timeout=120, env=prefect_env(tmp_path / "prefect-home", **env), cwd=tmp_path)
 
 
+@pytest.mark.slow  # waits for the watcher's exit
 def test_watch_without_an_api_url_exits_naming_it(tmp_path: Path) -> None:
     result = run_watch(tmp_path)
     assert result.returncode == 1, result.stderr
