@@ -120,14 +120,12 @@ def remember_examples(result: TrainedModel, texts: Sequence[str], known: torch.T
     """Keep the unit vectors of ``texts``, the examples ``result`` learnt (with ``known``, vectors of examples kept
     before), for the similarity rule; nothing for a bag-of-words model or with ``oos_similarity`` off."""
     setting = result.config.oos_similarity
-    if result.encoder is None or setting == "off":
-        result.examples, result.oos_similarity = None, None
-        return
     unique = list(dict.fromkeys(texts))
-    with torch.no_grad():
-        vectors = F.normalize(result.encoder.encode(unique).float().cpu(), dim=1) if unique else None
-    parts = [part for part in (known, vectors) if part is not None]
-    if not parts:
+    parts = [known] if known is not None else []
+    if unique and result.encoder is not None and setting != "off":
+        with torch.no_grad():
+            parts.append(F.normalize(result.encoder.encode(unique).float().cpu(), dim=1))
+    if result.encoder is None or setting == "off" or not parts:
         result.examples, result.oos_similarity = None, None
         return
     # Kept in half precision, as the checkpoint stores them, so that a model answers the same before and after saving.

@@ -369,13 +369,14 @@ def _continue_embeddings(production: dict[str, Any], new_train: Sequence[Row], r
         val_is_original=[not row.synthetic for row in val],
         row_weights=_new_row_weights(len(new_train), len(replay_train), new_share))
     # The encoder is production's, frozen: production's example vectors stay right, and the new sentences join them.
-    known = (production.get("oos") or {}).get("examples")
+    oos = production.get("oos") or {}
+    known = oos.get("examples")
     new = [row.text for row in new_train if not row.synthetic]
     calibration.remember_examples(result, new if known is not None else [*production.get("train_originals", []), *new],
                                   known=known)
     # Production's similarity threshold, chosen on validation originals its held-out run never saw; a continued
     # run's validation rows are few and mostly replayed.
-    chosen = (production.get("oos") or {}).get("similarity")
+    chosen = oos.get("similarity")
     if result.examples is not None and chosen is not None:
         result.oos_similarity = min(float(chosen), float(config.oos_similarity))
     return result

@@ -63,8 +63,8 @@ def refit_model(held_out: TrainedModel, split: Split,
     rows = [*split.train, *split.val]
     texts, targets = [row.text for row in rows], [row.label for row in rows]
     epochs = max(held_out.best_epoch, 1)
-    result = new_model(texts, targets, held_out.labels, held_out.config,
-                        [row.text for row in rows if not row.synthetic])
+    written = [row.text for row in rows if not row.synthetic]
+    result = new_model(texts, targets, held_out.labels, held_out.config, written)
     # The linear model is folded in where the held-out run's validation kept it (``linear.fold_into``).
     linear_rows = (originals(texts, targets, [not row.synthetic for row in rows]) if held_out.linear is not None
                    else None)
@@ -75,7 +75,7 @@ def refit_model(held_out: TrainedModel, split: Split,
         merge_more_heads(result, len(head_epochs), lambda head, index: fit(
             head, texts, targets, [], [], epochs=max(head_epochs[index], 1), lr=held_out.config.lr, on_epoch=None,
             keep_best=False, calibrate=False))
-    calibration.remember_examples(result, [row.text for row in rows if not row.synthetic])
+    calibration.remember_examples(result, written)
     last = result.history[-1]
     result.refit = {"epochs": epochs, "rows": len(rows), "originals": len({row.original for row in rows}),
                     "train_loss": last.train_loss, "train_accuracy": last.train_accuracy}

@@ -80,21 +80,21 @@ def train_model(
     result = new_model(train_texts, train_labels, labels, config, pair_texts)
     result.out_of_scope = [label for label in labels if label in set(out_of_scope)]
     heads = config.embedding_heads if result.encoder is not None else 1
+    written = originals(train_texts, train_labels, train_is_original)
     fit(result, train_texts, train_labels, val_texts, val_labels, epochs=config.epochs, lr=config.lr,
-        on_epoch=on_epoch, val_is_original=val_is_original, calibrate=heads == 1,
-        linear_rows=originals(train_texts, train_labels, train_is_original))
+        on_epoch=on_epoch, val_is_original=val_is_original, calibrate=heads == 1, linear_rows=written)
     if heads > 1:
         merge_more_heads(result, heads, lambda head, _: fit(head, train_texts, train_labels, val_texts, val_labels,
-                                                             epochs=config.epochs, lr=config.lr, on_epoch=None,
-                                                             calibrate=False))
+                                                            epochs=config.epochs, lr=config.lr, on_epoch=None,
+                                                            calibrate=False))
         score_merged(result, val_texts, val_labels, val_is_original)
-    calibration.remember_examples(result, originals(train_texts, train_labels, train_is_original)[0])
+    calibration.remember_examples(result, written[0])
     calibration.calibrate_similarity(result, originals(val_texts, val_labels, val_is_original)[0])
     return result
 
 
 def new_model(train_texts: Sequence[str], train_labels: Sequence[str], labels: list[str],
-               config: TrainConfig, pair_texts: Sequence[str] | None = None) -> TrainedModel:
+              config: TrainConfig, pair_texts: Sequence[str] | None = None) -> TrainedModel:
     """Random weights, and the features of ``train_texts``: their vocabulary, or an encoder (fine-tuned on them)."""
     device = resolve_device(config.device)
     torch.manual_seed(config.seed)
@@ -235,7 +235,7 @@ def _epoch_stats(epoch: int, loss_sum: torch.Tensor, correct: torch.Tensor, rows
 
 
 def originals(texts: Sequence[str], labels: Sequence[str],
-               is_original: Sequence[bool] | None) -> tuple[list[str], list[str]]:
+              is_original: Sequence[bool] | None) -> tuple[list[str], list[str]]:
     """The rows people wrote (all rows where ``is_original`` is None)."""
     keep = is_original if is_original is not None else [True] * len(texts)
     pairs = [(text, label) for text, label, original in zip(texts, labels, keep, strict=True) if original]
