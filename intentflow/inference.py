@@ -16,7 +16,7 @@ from intentflow.checkpoint import load_checkpoint
 from intentflow.errors import IntentflowError
 from intentflow.features import Vocabulary
 from intentflow.model import IntentMLP
-from intentflow.prediction import Prediction
+from intentflow.prediction import Prediction, Refusal
 
 if TYPE_CHECKING:
     from intentflow.encoder import SentenceEncoder
@@ -88,6 +88,7 @@ class Classifier:
         self.oos_similarity: float | None = oos.get("similarity") if self.encoder is not None else None
         self.examples: torch.Tensor | None = oos.get("examples") if self.oos_similarity is not None else None
         self._arrays: list[tuple[np.ndarray, np.ndarray]] | None = None
+        self._refusal: tuple[tuple[Any, ...], Refusal] | None = None
 
     @classmethod
     def from_trained(cls, trained: TrainedModel) -> Classifier:
@@ -157,19 +158,22 @@ class Classifier:
             logits = self.model(*inputs[:2], offsets=inputs[2]) if len(inputs) == 3 else self.model(*inputs)
             return torch.softmax(logits.float(), dim=1)
 
+    @property
+    def refusal(self) -> Refusal:
+        """The rule that answers the unknown label, from this classifier's current settings (they may be changed)."""
+        key = (self.oos_threshold, self.oos_similarity, tuple(self.out_of_scope))
+        if self._refusal is None or self._refusal[0] != key:
+            self._refusal = (key, Refusal.of(self.labels, *key))
+        return self._refusal[1]
+
     def answers(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Per text: the most probable label's index, its probability, and whether the answer is the unknown label
         (below the confidence threshold, near no example, or an outcome marked out of scope). One network pass."""
         probabilities, similarity = self.scores(texts)
         confidence, index = probabilities.max(dim=1)
-        # In float64, as ``decide`` compares: a float32 confidence converts exactly.
-        refuse = torch.zeros_like(index, dtype=torch.bool) if self.oos_threshold is None \
-            else confidence.double() < self.oos_threshold
-        if similarity is not None and self.oos_similarity is not None:
-            refuse |= similarity.double() < self.oos_similarity
-        if self.out_of_scope:
-            refuse |= torch.isin(index, torch.tensor([self.labels.index(label) for label in self.out_of_scope]))
-        return index, confidence, refuse
+        refuse = self.refusal.refused(index.cpu().numpy(), confidence.cpu().numpy(),
+                                      None if similarity is None else similarity.cpu().numpy())
+        return index, confidence, torch.from_numpy(np.asarray(refuse, dtype=bool)).to(index.device)
 
     def predict_batch(self, texts: Sequence[str], apply_oos: bool = True) -> list[Prediction]:
         """Label and confidence per text; ``apply_oos=False`` gives the top label even when it would be refused."""
@@ -183,9 +187,9 @@ class Classifier:
                                                                confidence.tolist(), strict=True)))
 
     def decide(self, index: int, confidence: float) -> Prediction:
-        """The prediction for top label ``index`` at ``confidence``: unknown below the out-of-scope threshold."""
-        if (self.oos_threshold is not None and confidence < self.oos_threshold) \
-                or self.labels[index] in self.out_of_scope:
+        """The prediction for top label ``index`` at ``confidence`` (a sentence's similarity to the examples is not
+        known here: ``predict`` comes here for bag-of-words models alone, which have no similarity rule)."""
+        if self.refusal.refused(index, confidence):
             return Prediction(self.unknown_label, confidence)
         return Prediction(self.labels[index], confidence)
 

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from intentflow.errors import IntentflowError, display_path
-from intentflow.prediction import Prediction
+from intentflow.prediction import Prediction, Refusal
 from intentflow.storage import Location, is_file, is_url, local_path, name_of, read_bytes, sibling
 
 FORMAT = "intentflow-onnx"
@@ -61,6 +61,9 @@ class OnnxClassifier:
         self.kind: str = metadata.get("kind", "bow")
         self.vocab = vocab  # bag-of-words: the Vocabulary that featurizes
         self.tokenizer = tokenizer  # embeddings: a tokenizers.Tokenizer that truncates and never pads
+        oos = metadata.get("oos") or {}
+        self.unknown_label: str = oos.get("label", "unknown")
+        self.refusal = Refusal.of(labels, oos.get("threshold"), oos.get("similarity"), oos.get("outcomes") or [])
 
     @classmethod
     def load(cls, path: Location, threads: int | None = None) -> OnnxClassifier:
@@ -178,13 +181,8 @@ class OnnxClassifier:
         probabilities, similarity = self.scores(texts)
         best = probabilities.argmax(axis=1)
         confidence = probabilities[np.arange(len(best)), best]
-        oos = self.metadata.get("oos") or {}
-        threshold, unknown = oos.get("threshold"), oos.get("label", "unknown")
-        refuse = np.zeros(len(best), dtype=bool) if threshold is None else confidence.astype(np.float64) < threshold
-        if similarity is not None and oos.get("similarity") is not None:
-            refuse |= similarity.astype(np.float64) < oos["similarity"]
-        refused = set(oos.get("outcomes") or [])  # outcomes marked out of scope answer unknown too
-        return [Prediction(unknown if no or self.labels[i] in refused else self.labels[i], c)
+        refuse = self.refusal.refused(best, confidence, similarity)
+        return [Prediction(self.unknown_label if no else self.labels[i], c)
                 for i, c, no in zip(best.tolist(), confidence.tolist(), refuse.tolist(), strict=True)]
 
     def predict(self, text: str) -> Prediction:

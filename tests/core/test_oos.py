@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -162,3 +163,24 @@ def test_label_smoothing_caps_the_confidence_on_training_sentences(toy_rows, smo
         assert top < 1 - smoothing + smoothing / 3 + 0.05
     else:
         assert top > 0.95
+
+
+def test_one_refusal_rule_answers_alike_for_a_batch_and_for_one_sentence():
+    from intentflow.prediction import Refusal
+
+    rule = Refusal.of(["book", "chit_chat", "weather"], threshold=0.5, similarity=0.6, out_of_scope=["chit_chat"])
+    index = np.array([0, 0, 1, 2, 2])
+    confidence = np.array([0.9, 0.4, 0.99, 0.7, 0.5], dtype=np.float32)
+    similarity = np.array([0.8, 0.9, 0.9, 0.59, 0.6], dtype=np.float32)
+
+    batch = rule.refused(index, confidence, similarity)
+
+    # confident and near an example; unsure; an outcome marked out of scope; far from every example; both at
+    # their thresholds exactly (kept: only below refuses)
+    assert batch.tolist() == [False, True, True, True, False]
+    assert [bool(rule.refused(int(i), float(c), float(s))) for i, c, s in zip(index, confidence, similarity,
+                                                                              strict=True)] == batch.tolist()
+    # without a similarity (bag-of-words) only the confidence and the marked outcomes decide
+    assert rule.refused(index, confidence).tolist() == [False, True, True, False, False]
+    never = Refusal.of(["book", "weather"], threshold=None, similarity=None, out_of_scope=[])
+    assert not never.refused(np.array([0, 1]), np.array([0.01, 0.02]), np.array([0.0, 0.0])).any()
