@@ -68,6 +68,9 @@ class TrainConfig(_Strict):
     finetune_epochs: int = Field(6, ge=0, le=1000, description="Embeddings: contrastive fine-tuning "
                                  "epochs of the encoder; "
                                  "0 keeps it frozen", json_schema_extra=EMBEDDINGS)
+    finetune_pairs: int = Field(9000, ge=0, le=10_000_000, description="Embeddings: most sentence pairs "
+                                "fine-tuning sees over all its epochs; above it each epoch takes a fresh sample of "
+                                "the examples (0 = no limit)", json_schema_extra=EMBEDDINGS)
     finetune_lr: float = Field(5e-5, gt=0.0, le=1.0, description="Embeddings: learning rate of encoder fine-tuning",
                                json_schema_extra=EMBEDDINGS)
     embedding_layers: list[int] = Field([4], max_length=64, description="Embeddings: hidden layers of the "
@@ -75,8 +78,9 @@ class TrainConfig(_Strict):
                                               "appended to its sentence vector; empty = the sentence vector alone",
                                   json_schema_extra=EMBEDDINGS)
     embedding_heads: int = Field(5, ge=1, le=32, description="Embeddings: networks trained from consecutive seeds "
-                                 "on the same sentence vectors and merged into one that averages their logits; "
-                                 "1 = a single network", json_schema_extra=EMBEDDINGS)
+                                 "on the same sentence vectors and merged into one that averages their logits, "
+                                 "fewer where training rows x networks would pass 10,000; 1 = a single network",
+                                 json_schema_extra=EMBEDDINGS)
     oos_similarity: Literal["off"] | float = Field(
         0.66, description="Embeddings: a sentence whose cosine similarity to every example the model learnt is "
         "below this is out of scope (answered with the unknown label); off never refuses by similarity",

@@ -223,13 +223,15 @@ class SentenceEncoder:
             logger.warning("embedding cache %s was not written (%s); the next run encodes again", path, error)
 
     def finetune(self, texts: Sequence[str], labels: Sequence[str], epochs: int, lr: float, seed: int,
-                 mixed_precision: bool | None = None) -> None:
+                 mixed_precision: bool | None = None, max_pairs: int = 0) -> None:
         """Contrastive fine-tuning on the training sentences, as SetFit does, before the head is trained.
 
         Each sentence is paired with another of its outcome; in a batch, every other pair's sentence is a
         negative unless it shares the outcome (masked out). Outcomes with a single distinct sentence pair with
         themselves, which still pushes them away from the others. ``mixed_precision`` runs the encoder under
         bfloat16 autocast (weights and optimiser stay float32); None = where it pays (``bfloat16_pays``).
+        ``max_pairs`` bounds the pairs over all epochs (0: none): above it each epoch is a fresh random sample of
+        ``max_pairs // epochs`` sentences, so the time stays bounded however many examples there are.
         """
         by_label: dict[str, list[str]] = defaultdict(list)
         for text, label in zip(texts, labels, strict=True):
@@ -245,13 +247,17 @@ class SentenceEncoder:
         if mixed_precision is None:
             mixed_precision = bfloat16_pays(self.device)
         logger.info("encoder fine-tuning in %s", "bfloat16 autocast" if mixed_precision else "float32")
+        per_epoch = len(anchors) if not max_pairs else max(PAIR_BATCH, min(len(anchors), max_pairs // epochs))
+        if per_epoch < len(anchors):
+            logger.info("encoder fine-tuning on a fresh sample of %d of %d sentences an epoch (finetune_pairs %d)",
+                        per_epoch, len(anchors), max_pairs)
         model.train()
         optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
         for epoch in range(1, epochs + 1):
             rng.shuffle(anchors)
             total = 0.0
-            for start in range(0, len(anchors), PAIR_BATCH):
-                batch = anchors[start:start + PAIR_BATCH]
+            for start in range(0, per_epoch, PAIR_BATCH):
+                batch = anchors[start:min(start + PAIR_BATCH, per_epoch)]
                 if len(batch) < 2:
                     continue
                 positives = [rng.choice([t for t in by_label[label] if t != text] or [text]) for text, label in batch]
@@ -269,7 +275,7 @@ class SentenceEncoder:
                 loss.backward()
                 optimizer.step()
                 total += float(loss.detach()) * len(batch)
-            logger.info("encoder fine-tuning epoch %d/%d: contrastive loss %.4f", epoch, epochs, total / len(anchors))
+            logger.info("encoder fine-tuning epoch %d/%d: contrastive loss %.4f", epoch, epochs, total / per_epoch)
         model.eval()
         with torch.no_grad():  # the checkpoint keeps half precision: use exactly those weights from here on
             for value in model.state_dict().values():

@@ -19,7 +19,7 @@ from intentflow.config import TrainConfig
 from intentflow.encoder import load_encoder
 from intentflow.errors import IntentflowError
 from intentflow.features import Vocabulary, build_vocabulary
-from intentflow.heads import merge_more_heads, score_merged
+from intentflow.heads import head_count, merge_more_heads, score_merged
 from intentflow.kernels import Bags, Steps
 from intentflow.linear import fold_into
 from intentflow.model import IntentMLP, network
@@ -79,7 +79,7 @@ def train_model(
                               "(fix: rename the outcome, or set [train] unknown_label to another name)")
     result = new_model(train_texts, train_labels, labels, config, pair_texts)
     result.out_of_scope = [label for label in labels if label in set(out_of_scope)]
-    heads = config.embedding_heads if result.encoder is not None else 1
+    heads = head_count(config.embedding_heads, len(train_texts)) if result.encoder is not None else 1
     written = originals(train_texts, train_labels, train_is_original)
     fit(result, train_texts, train_labels, val_texts, val_labels, epochs=config.epochs, lr=config.lr,
         on_epoch=on_epoch, val_is_original=val_is_original, calibrate=heads == 1, linear_rows=written)
@@ -101,7 +101,8 @@ def new_model(train_texts: Sequence[str], train_labels: Sequence[str], labels: l
     if config.featurizer == "embeddings":
         encoder = load_encoder(config.embedding_model, str(device), layers=config.embedding_layers)
         if config.finetune_epochs:
-            encoder.finetune(train_texts, train_labels, config.finetune_epochs, config.finetune_lr, config.seed)
+            encoder.finetune(train_texts, train_labels, config.finetune_epochs, config.finetune_lr, config.seed,
+                             max_pairs=config.finetune_pairs)
         torch.manual_seed(config.seed)
         vocab = Vocabulary([], word_ngrams=1)
     else:

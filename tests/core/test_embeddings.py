@@ -228,6 +228,40 @@ def test_fine_tuning_autocasts_to_bfloat16_only_where_it_pays(pays, monkeypatch)
     assert not torch.allclose(encoder.encode(texts), before, atol=1e-3)
 
 
+def test_fine_tuning_pairs_are_bounded_by_a_fresh_sample_each_epoch(monkeypatch):
+    # 160 distinct sentences, two epochs, at most 128 pairs: 64 anchors an epoch, drawn afresh each time.
+    texts = [f"{word} number {index}" for word in ("alpha", "beta", "gamma", "delta") for index in range(40)]
+    labels = [text.split()[0] for text in texts]
+    encoder = SentenceEncoder("", cache_dir=None)
+    calls: list[list[str]] = []
+    embed = encoder._embed
+    monkeypatch.setattr(encoder, "_embed", lambda batch: calls.append(list(batch)) or embed(batch))
+
+    encoder.finetune(texts, labels, epochs=2, lr=1e-4, seed=0, max_pairs=128)
+
+    anchors = calls[0::2]  # each step embeds its anchors, then their positives
+    assert [len(batch) for batch in anchors] == [64, 64]
+    assert set(anchors[0]) != set(anchors[1])
+    calls.clear()
+    encoder.finetune(texts, labels, epochs=1, lr=1e-4, seed=0, max_pairs=0)
+    assert sorted(text for batch in calls[0::2] for text in batch) == sorted(texts)
+
+
+def test_fewer_heads_train_where_the_rows_are_many(monkeypatch):
+    import intentflow.heads as heads
+
+    texts, labels = toy_texts()
+    monkeypatch.setattr(heads, "HEAD_ROWS", 2 * len(texts) + 1)  # room for two networks on these rows
+    config = embedding_config(finetune_epochs=0, epochs=3, embedding_heads=5)
+
+    trained = train_model(texts, labels, texts, labels, config)
+
+    assert len(trained.head_epochs) == 2
+    assert heads.head_count(5, 1) == 5 and heads.head_count(5, 10 * len(texts)) == 1
+    assert len(refit_model(trained, Split(tuple(Row(t, l, t, False) for t, l in zip(texts, labels, strict=True)), ())
+                           ).head_epochs) == 2
+
+
 def test_vectors_are_encoded_once_per_distinct_sentence_and_cached_on_disk(tmp_path, monkeypatch):
     encoder = SentenceEncoder("", cache_dir=tmp_path)
     calls: list[list[str]] = []
