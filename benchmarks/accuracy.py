@@ -1,7 +1,7 @@
 """Accuracy on every data set of ../shared/benchmarks, the project beside two simple references on the same examples.
 
     python benchmarks/accuracy.py                                   # every set below, seed 0
-    python benchmarks/accuracy.py --sets hint3/sofmattress --featurizers embeddings --no-write
+    python benchmarks/accuracy.py --sets hint3/sofmattress --featurizers embeddings
 
 Sets: CLINC150 at k = 5 and 10 examples per intent and with all of them (test.jsonl plus oos_test.jsonl); each
 HINT3 bot with all its training sentences (test.jsonl: real user queries, out of scope labelled ``oos``). For each:
@@ -14,8 +14,10 @@ HINT3 bot with all its training sentences (test.jsonl: real user queries, out of
 the references trained on exactly the examples ``intentflow outcomes import`` writes for the seed. "In scope" is
 accuracy on the in-scope rows with every row answered (the references never refuse, so this is the figure to
 compare); "overall" counts an in-scope row right when its outcome is predicted and an out-of-scope one when it is
-refused (the project's out-of-scope threshold in effect; the references refuse nothing). Appends a table to
-benchmarks/RESULTS.md (``--no-write`` to skip). Needs scikit-learn (with the embeddings extra).
+refused (the project's out-of-scope threshold in effect; the references refuse nothing). Prints the table in
+benchmarks/RESULTS.md's columns, headed by the command, commit and machine; RESULTS keeps one current table, so it is
+pasted there by hand (the best platform's figures come from ../shared/benchmarks/README.md). Needs scikit-learn
+(with the embeddings extra).
 """
 
 from __future__ import annotations
@@ -99,12 +101,13 @@ def main() -> None:
     parser.add_argument("--featurizers", nargs="*", choices=["bow", "embeddings"], default=["bow", "embeddings"])
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--data", type=Path, default=DATA, help="the benchmarks folder")
-    parser.add_argument("--no-write", action="store_true", help="do not append to benchmarks/RESULTS.md")
     args = parser.parse_args()
 
-    lines = ["| data set | k | TF-IDF + LR | frozen encoder + LR | bag-of-words | embeddings | embeddings overall "
-             "(references' overall) | out-of-scope recall | seconds (bow / embeddings) |",
-             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    lines = [f"`{command()}` at {git_revision()}, {stamp()}; {machine()}; seed {args.seed}", "",
+             "| data set | k | TF-IDF + LR (C = 20) | frozen encoder + LR (C = 10) | bag-of-words | embeddings | "
+             "embeddings overall (references') | out-of-scope recall | in scope with the rule | "
+             "seconds (bow / embeddings) |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for name in args.sets:
         folder_name, shots = SETS[name]
         folder = args.data / folder_name
@@ -123,17 +126,13 @@ def main() -> None:
         overall = (f"{embeddings.overall:.2%} ({tfidf[1]:.2%} / {frozen[1]:.2%})" if embeddings else "not run")
         recall = (f"{embeddings.oos_recall:.2%}" if embeddings and embeddings.oos_recall is not None
                   and embeddings.refuses else "n/a")
+        ruled = f"{embeddings.accuracy:.2%}" if embeddings else "not run"
         seconds = " / ".join(f"{run.seconds:.0f}" if run else "-" for run in (bow, embeddings))
         row = (f"| {name} | {shots or 'all'} | {tfidf[0]:.2%} | {frozen[0]:.2%} | {cell(bow)} | {cell(embeddings)} | "
-               f"{overall} | {recall} | {seconds} |")
+               f"{overall} | {recall} | {ruled} | {seconds} |")
         print(row, flush=True)
         lines.append(row)
-    table = "\n".join(lines)
-    print(table)
-    if not args.no_write:
-        with (ROOT / "benchmarks" / "RESULTS.md").open("a", encoding="utf-8") as results:
-            results.write(f"\n## Accuracy on every benchmark set against the two references, {stamp()}\n\n"
-                          f"`{command()}` at {git_revision()}; {machine()}; seed {args.seed}\n\n{table}\n")
+    print("\n".join(lines))
 
 
 if __name__ == "__main__":

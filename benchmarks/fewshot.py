@@ -13,8 +13,8 @@ user would type them::
 
 The gate threshold is 0 so every run's model is published and scored: the benchmark measures the model, not the
 deployment policy. Everything else is the project's defaults (``config/training.toml``). Prints each run and the
-mean and spread per featurizer, and appends them to benchmarks/RESULTS.md under a dated heading (``--no-write`` to
-skip). Also used by ``benchmarks/accuracy.py`` and the developer flow ``benchmarks/fewshot_flow.py``.
+mean and spread per featurizer, headed by the command, commit and machine (RESULTS.md keeps one current table:
+paste it there). Also used by ``benchmarks/accuracy.py`` and the developer flow ``benchmarks/fewshot_flow.py``.
 """
 
 from __future__ import annotations
@@ -184,7 +184,6 @@ def main() -> None:
                         help="val: score on val.jsonl, the set to tune choices on")
     parser.add_argument("--retrain-arg", action="append", default=[], dest="retrain_args",
                         help="an argument for intentflow retrain (repeat for each), e.g. --retrain-arg=--epochs")
-    parser.add_argument("--no-write", action="store_true", help="do not append to benchmarks/RESULTS.md")
     args = parser.parse_args()
 
     runs = []
@@ -193,14 +192,9 @@ def main() -> None:
             run = run_fewshot(args.data, featurizer, seed, args.shots, args.retrain_args, args.score_on)
             print(json.dumps(run.to_dict()), flush=True)
             runs.append(run)
-    table = markdown_table(runs)
-    print(table)
-    if not args.no_write:
-        scored = "" if args.score_on == "test" else f", scored on {args.score_on}.jsonl"
-        section = (f"\n## Few-shot CLINC150 (k = {args.shots}{scored}), {stamp()}\n\n`{command()}` at "
-                   f"{git_revision()}; {machine()}\n\n{table}\n")
-        with (ROOT / "benchmarks" / "RESULTS.md").open("a", encoding="utf-8") as results:
-            results.write(section)
+    scored = "" if args.score_on == "test" else f", scored on {args.score_on}.jsonl"
+    print(f"Few-shot CLINC150 (k = {args.shots}{scored}): `{command()}` at {git_revision()}, {stamp()}; "
+          f"{machine()}\n\n{markdown_table(runs)}")
 
 
 if __name__ == "__main__":
