@@ -1,4 +1,4 @@
-"""Fixtures for every test folder: the S3 server (tests/object_store.py)."""
+"""Fixtures for every test folder: one torch thread, the S3 server (tests/object_store.py)."""
 
 from __future__ import annotations
 
@@ -6,8 +6,19 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+import torch
 
 from .object_store import ObjectStore, start_object_store
+
+
+@pytest.fixture(scope="session", autouse=True)
+def one_torch_thread() -> Iterator[None]:
+    """The networks in tests are tiny: one thread avoids the contention that makes them many times slower on two
+    cores, and changes no result a test asserts. Restored when the session ends."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")

@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import torch
 
 from intentflow.config import PrepareConfig
 from intentflow.dataset import prepare_data
@@ -23,16 +22,6 @@ from .helpers import (
     tiny_train_config,
     write_outcome_folder,
 )
-
-
-@pytest.fixture(scope="package", autouse=True)
-def one_torch_thread():
-    """The networks here are tiny: one thread avoids the thread contention that makes them many times
-    slower on a busy two-core machine, and changes no result the tests assert."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(autouse=True)

@@ -258,8 +258,8 @@ def test_fewer_heads_train_where_the_rows_are_many(monkeypatch):
 
     assert len(trained.head_epochs) == 2
     assert heads.head_count(5, 1) == 5 and heads.head_count(5, 10 * len(texts)) == 1
-    assert len(refit_model(trained, Split(tuple(Row(t, l, t, False) for t, l in zip(texts, labels, strict=True)), ())
-                           ).head_epochs) == 2
+    rows = tuple(Row(text, label, text, False) for text, label in zip(texts, labels, strict=True))
+    assert len(refit_model(trained, Split(rows, ())).head_epochs) == 2
 
 
 def test_vectors_are_encoded_once_per_distinct_sentence_and_cached_on_disk(tmp_path, monkeypatch):

@@ -27,10 +27,6 @@ from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
 import pytest  # noqa: E402
-import torch  # noqa: E402
-
-# The networks here are tiny; one thread avoids contention that makes them many times slower on two cores.
-torch.set_num_threads(1)
 
 from .flow_helpers import TINY, Processes, Recorder, write_outcomes  # noqa: E402
 
