@@ -64,7 +64,9 @@ def split_rows(rows: tuple[Row, ...] | list[Row], train_fraction: float, min_val
     for label in sorted(by_label):
         groups = by_label[label]
         rng = random.Random(f"{seed}:split:{label}")
-        total = sum(len(group) for group in groups.values())
+        # Taught sentences always train, so they do not grow the share held out: teaching then moves no example
+        # production trained on into validation, which would rule out continuing production (incremental.py).
+        total = sum(len(group) for original, group in groups.items() if original not in pinned)
         target = max(min_val_per_label, round((1.0 - train_fraction) * total))
         if len(groups) >= 2:
             label_train, label_val = _split_groups(groups, target, min_val_per_label, seed, pinned)

@@ -217,3 +217,21 @@ def test_an_outcome_of_taught_utterances_only_keeps_them_all_for_training():
 
     assert {row.original for row in split.val} <= {"one example here"}
     assert {"first hint", "second hint"} <= {row.original for row in split.train}
+
+
+def test_teaching_moves_no_example_into_validation():
+    # Production trained on the examples' training side; a teach run adds hints (always trained). Were the hints
+    # counted in the share held out, the held-out target would grow and the next examples in the split's order
+    # would move into validation, ruling out continuing production (incremental.choose_mode).
+    examples = tuple(f"please do the thing number {index}" for index in range(20))
+    hints = tuple(f"i taught you this one {index}" for index in range(20))
+    before = OutcomeSet(Path("."), (Outcome("do_thing", examples=examples),
+                                    Outcome("other", examples=tuple(f"something else {i}" for i in range(8)))))
+    after = OutcomeSet(Path("."), (Outcome("do_thing", examples=examples, teach_hints=hints), before.outcomes[1]))
+    rows = list(augment_outcomes(after, 0, seed=3).rows)
+
+    untaught = split_rows([row for row in rows if row.original not in hints], 0.9, 1, seed=5)
+    taught = split_rows(rows, 0.9, 1, seed=5, keep_in_training=after.teach_hints)
+
+    assert {row.original for row in taught.val} == {row.original for row in untaught.val}
+    assert set(hints) <= {row.original for row in taught.train}
