@@ -247,7 +247,7 @@ class SentenceEncoder:
         if mixed_precision is None:
             mixed_precision = bfloat16_pays(self.device)
         logger.info("encoder fine-tuning in %s", "bfloat16 autocast" if mixed_precision else "float32")
-        per_epoch = len(anchors) if not max_pairs else max(PAIR_BATCH, min(len(anchors), max_pairs // epochs))
+        per_epoch = len(anchors) if not max_pairs else min(len(anchors), max(PAIR_BATCH, max_pairs // epochs))
         if per_epoch < len(anchors):
             logger.info("encoder fine-tuning on a fresh sample of %d of %d sentences an epoch (finetune_pairs %d)",
                         per_epoch, len(anchors), max_pairs)
@@ -257,7 +257,7 @@ class SentenceEncoder:
             rng.shuffle(anchors)
             total = 0.0
             for start in range(0, per_epoch, PAIR_BATCH):
-                batch = anchors[start:min(start + PAIR_BATCH, per_epoch)]
+                batch = anchors[start:min(start + PAIR_BATCH, per_epoch)]  # per_epoch <= len(anchors)
                 if len(batch) < 2:
                     continue
                 positives = [rng.choice([t for t in by_label[label] if t != text] or [text]) for text, label in batch]
