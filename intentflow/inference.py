@@ -189,7 +189,7 @@ class Classifier:
     def decide(self, index: int, confidence: float) -> Prediction:
         """The prediction for top label ``index`` at ``confidence`` (a sentence's similarity to the examples is not
         known here: ``predict`` comes here for bag-of-words models alone, which have no similarity rule)."""
-        if self.refusal.refused(index, confidence):
+        if self.refusal.refuses(index, confidence):
             return Prediction(self.unknown_label, confidence)
         return Prediction(self.labels[index], confidence)
 

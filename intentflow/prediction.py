@@ -47,3 +47,9 @@ class Refusal(NamedTuple):
         if self.similarity is not None and similarity is not None:
             refuse = refuse | (np.asarray(similarity, dtype=np.float64) < self.similarity)
         return refuse
+
+    def refuses(self, index: int, confidence: float) -> bool:
+        """``refused`` for one answer without a similarity (a bag-of-words sentence), in plain Python: the
+        one-sentence path is tens of microseconds, and NumPy's scalar calls were several of them. Python floats are
+        float64, so the comparison is ``refused``'s."""
+        return bool(self.marked[index]) or (self.threshold is not None and confidence < self.threshold)

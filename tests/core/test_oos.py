@@ -180,6 +180,9 @@ def test_one_refusal_rule_answers_alike_for_a_batch_and_for_one_sentence():
     assert batch.tolist() == [False, True, True, True, False]
     assert [bool(rule.refused(int(i), float(c), float(s))) for i, c, s in zip(index, confidence, similarity,
                                                                               strict=True)] == batch.tolist()
+    # one answer in plain Python (bag-of-words, no similarity) agrees with the arrays
+    assert [rule.refuses(int(i), float(c)) for i, c in zip(index, confidence, strict=True)] == \
+        rule.refused(index, confidence).tolist()
     # without a similarity (bag-of-words) only the confidence and the marked outcomes decide
     assert rule.refused(index, confidence).tolist() == [False, True, True, False, False]
     never = Refusal.of(["book", "weather"], threshold=None, similarity=None, out_of_scope=[])
