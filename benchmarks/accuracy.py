@@ -14,10 +14,10 @@ HINT3 bot with all its training sentences (test.jsonl: real user queries, out of
 the references trained on exactly the examples ``intentflow outcomes import`` writes for the seed. "In scope" is
 accuracy on the in-scope rows with every row answered (the references never refuse, so this is the figure to
 compare); "overall" counts an in-scope row right when its outcome is predicted and an out-of-scope one when it is
-refused (the project's out-of-scope threshold in effect; the references refuse nothing). Prints the table in
-benchmarks/RESULTS.md's columns, headed by the command, commit and machine; RESULTS keeps one current table, so it is
-pasted there by hand (the best platform's figures come from ../shared/benchmarks/README.md). Needs scikit-learn
-(with the embeddings extra).
+refused (the project's out-of-scope threshold in effect; the references refuse nothing). Prints the table headed by
+the command, commit and machine, in benchmarks/RESULTS.md's columns but its "best platform overall", which comes
+from ../shared/benchmarks/README.md; RESULTS keeps one current table, so the rows are pasted there by hand. Needs
+scikit-learn (with the embeddings extra).
 """
 
 from __future__ import annotations
