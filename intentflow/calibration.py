@@ -120,12 +120,14 @@ def remember_examples(result: TrainedModel, texts: Sequence[str], known: torch.T
     """Keep the unit vectors of ``texts``, the examples ``result`` learnt (with ``known``, vectors of examples kept
     before), for the similarity rule; nothing for a bag-of-words model or with ``oos_similarity`` off."""
     setting = result.config.oos_similarity
-    unique = list(dict.fromkeys(texts))
-    parts = [known] if known is not None else []
-    if unique and result.encoder is not None and setting != "off":
-        with torch.no_grad():
-            parts.append(F.normalize(result.encoder.encode(unique).float().cpu(), dim=1))
-    if result.encoder is None or setting == "off" or not parts:
+    parts: list[torch.Tensor] = []
+    if result.encoder is not None and setting != "off":
+        parts = [known] if known is not None else []
+        unique = list(dict.fromkeys(texts))
+        if unique:
+            with torch.no_grad():
+                parts.append(F.normalize(result.encoder.encode(unique).float().cpu(), dim=1))
+    if not parts:
         result.examples, result.oos_similarity = None, None
         return
     # Kept in half precision, as the checkpoint stores them, so that a model answers the same before and after saving.
