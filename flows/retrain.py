@@ -188,6 +188,11 @@ def _retrain(params: RetrainParameters, logger: Any) -> State:
         logger.info(picked)
     if settings.publish.onnx:
         require_exporter()
+        if settings.publish.onnx_precision == "int8" and settings.train.featurizer != "embeddings":
+            # Refused before training, so a run that could not publish what was asked trains nothing.
+            raise IntentflowError("publish.onnx_precision = \"int8\" quantizes an embeddings model's sentence "
+                                  f"encoder; this run trains a {settings.train.featurizer} model, which has none "
+                                  "(fix: set onnx_precision = \"float32\", or featurizer = \"embeddings\")")
     if params.changed_paths:
         logger.info("triggered by changes to: %s", ", ".join(params.changed_paths))
     scheduled = scheduled_run()
@@ -243,8 +248,8 @@ def _retrain(params: RetrainParameters, logger: Any) -> State:
                           mode=_mode_line(chosen, attempt.training), decision=decision.to_dict())
     run = {"flow_run_id": str(flow_run.id), "flow_run_name": flow_run.name, "changed_paths": params.changed_paths}
     publication = whole(publish_version)(params.registry, payload, evaluation, decision, notes, run,
-                                         onnx=settings.publish.onnx, held_out=attempt.held_out_payload,
-                                         golden=attempt.golden_evaluation)
+                                         onnx=settings.publish.onnx, int8=settings.publish.onnx_precision == "int8",
+                                         held_out=attempt.held_out_payload, golden=attempt.golden_evaluation)
 
     verdict = "promoted" if decision.promote else "rejected"
     create_markdown_artifact(key=REPORT_ARTIFACT_KEY, markdown=publication.report,

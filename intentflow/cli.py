@@ -270,7 +270,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 def cmd_export_onnx(args: argparse.Namespace) -> int:
     from intentflow.onnx_export import export_onnx, metadata_path, tokenizer_path
 
-    path = export_onnx(args.checkpoint, args.out)
+    path = export_onnx(args.checkpoint, args.out, int8=args.int8)
     if json.loads(metadata_path(path).read_text(encoding="utf-8")).get("kind") == "embeddings":
         print(f"wrote {path}, {tokenizer_path(path)} (the encoder's tokenizer) and {metadata_path(path)} (labels "
               "and out-of-scope threshold)")
@@ -538,6 +538,9 @@ def build_parser() -> argparse.ArgumentParser:
     export_onnx.add_argument("--checkpoint", type=_location, required=True, help=LOCATION_HELP)
     export_onnx.add_argument("--out", type=Path, required=True,
                              help="ONNX file to write; OUT.json (and an embeddings model's tokenizer) beside it")
+    export_onnx.add_argument("--int8", action="store_true",
+                             help="an embeddings model's sentence encoder with 8-bit weights: faster on a CPU, a "
+                                  "little less accurate (benchmarks/RESULTS.md; default: float32, PyTorch's answers)")
     export_onnx.set_defaults(handler=cmd_export_onnx)
 
     outcomes = commands.add_parser("outcomes", help="work with outcome files")

@@ -133,6 +133,9 @@ class GateConfig(_Strict):
 class PublishConfig(_Strict):
     onnx: bool = Field(False, description="Also write <version>.onnx and the files beside it that serving needs into "
                                             "each published version")
+    onnx_precision: Literal["float32", "int8"] = Field(
+        "float32", description="The published ONNX model's numbers: float32 answers as PyTorch does; int8 (embeddings "
+                               "models) quantizes the sentence encoder: faster on a CPU, a little less accurate")
 
 
 class IncrementalConfig(_Strict):

@@ -29,13 +29,14 @@ class Publication:
 
 def publish_version(registry_root: Location, payload: dict[str, Any], evaluation: Evaluation,
                     decision: GateDecision, notes: str, run: dict[str, Any] | None = None,
-                    onnx: bool = False, held_out: dict[str, Any] | None = None,
+                    onnx: bool = False, int8: bool = False, held_out: dict[str, Any] | None = None,
                     golden: Evaluation | None = None) -> Publication:
     """Every candidate becomes a version (rejected ones marked so); only an accepted one moves production.
 
     ``evaluation`` is the held-out model's on the validation set, ``golden`` the served model's on the golden set;
     ``held_out`` the held-out model's payload where the version serves another (kept as ``<version>.heldout.pt``).
-    With ``onnx``, the version also holds ``<version>.onnx`` and its ``.onnx.json`` (see ``intentflow.onnx_export``).
+    With ``onnx``, the version also holds ``<version>.onnx`` and its ``.onnx.json`` (see ``intentflow.onnx_export``);
+    ``int8``: an embeddings model's encoder in it quantized.
     """
     registry = open_registry(registry_root)
     metrics = payload["metrics"]
@@ -70,7 +71,7 @@ def publish_version(registry_root: Location, payload: dict[str, Any], evaluation
             "release_notes.md": notes + "\n",
         }
         if onnx:
-            files.update(onnx_files(payload, name))
+            files.update(onnx_files(payload, name, int8))
         version: Version = registry.add_version(name, payload, info, files, held_out=held_out)
         event = None
         if decision.promote:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -92,3 +93,30 @@ def test_an_embeddings_version_is_published_with_its_encoder_and_tokenizer(
     assert [p.label for p in onnx.predict_batch(SENTENCES)] == [p.label for p in reference]
     assert [p.confidence for p in onnx.predict_batch(SENTENCES)] == pytest.approx(
         [p.confidence for p in reference], abs=1e-4)
+
+
+def test_int8_for_a_bag_of_words_run_is_refused_before_training(make_params: Callable[..., RetrainParameters]) -> None:
+    params = make_params(onnx=True, onnx_precision="int8", featurizer="bow")
+
+    state = retrain(params, return_state=True)
+
+    assert state.is_failed()
+    assert 'onnx_precision = "int8"' in state.message and "bow model" in state.message
+    assert not Registry(params.registry).versions()
+
+
+@pytest.mark.slow  # exports an encoder twice (float32 to check it, then int8)
+def test_an_int8_embeddings_version_is_served_from_the_registry(make_params: Callable[..., RetrainParameters]) -> None:
+    params = make_params(onnx=True, onnx_precision="int8", featurizer="embeddings", finetune_epochs=0,
+                         embedding_heads=2, hidden_size=32, lr=0.01)
+
+    state = retrain(params, return_state=True)
+
+    assert state.is_completed(), state.message
+    registry = Registry(params.registry)
+    version = registry.production()
+    metadata = json.loads((version.path / f"{version.name}.onnx.json").read_text(encoding="utf-8"))
+    assert metadata["precision"] == "int8"
+    onnx = OnnxClassifier.load(registry.root)
+    reference = Classifier.load(registry.root).predict_batch(SENTENCES)
+    assert [p.label for p in onnx.predict_batch(SENTENCES)] == [p.label for p in reference]
