@@ -191,7 +191,7 @@ def _retrain(params: RetrainParameters, logger: Any) -> State:
         if settings.publish.onnx_precision == "int8" and settings.train.featurizer != "embeddings":
             # Refused before training, so a run that could not publish what was asked trains nothing.
             raise IntentflowError("publish.onnx_precision = \"int8\" quantizes an embeddings model's sentence "
-                                  f"encoder; this run trains a {settings.train.featurizer} model, which has none "
+                                  "encoder; this run trains a bag-of-words model, which has none "
                                   "(fix: set onnx_precision = \"float32\", or featurizer = \"embeddings\")")
     if params.changed_paths:
         logger.info("triggered by changes to: %s", ", ".join(params.changed_paths))

@@ -101,7 +101,7 @@ def test_int8_for_a_bag_of_words_run_is_refused_before_training(make_params: Cal
     state = retrain(params, return_state=True)
 
     assert state.is_failed()
-    assert 'onnx_precision = "int8"' in state.message and "bow model" in state.message
+    assert 'onnx_precision = "int8"' in state.message and "bag-of-words model" in state.message
     assert not Registry(params.registry).versions()
 
 
