@@ -58,6 +58,8 @@ def build_payload(trained: TrainedModel, *, outcome_hash: str, prepare: dict[str
             "dropout": config.dropout,
             "word_ngrams": trained.vocab.word_ngrams,
             "char_ngrams": trained.vocab.char_ngrams,
+            # How a bag's weights split between words and character n-grams (None: 1/sqrt(n) each, as before it).
+            "word_share": trained.vocab.word_share,
             **features,
             **({"linear": dict(trained.linear)} if trained.linear else {}),
             "train": config.model_dump(),

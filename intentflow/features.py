@@ -62,18 +62,69 @@ def features_of(text: str, word_ngrams: int, char_ngrams: int = 0) -> list[str]:
     return list(found)
 
 
-class Vocabulary(Mapping[str, int]):
-    """Feature -> column. Index 0 is padding, so an unknown-only sentence encodes to an empty bag."""
+# A bag's share of its squared weight on word features (words and word runs) where it has character n-grams too;
+# the n-grams share the rest. With one weight for all (1/sqrt(n)) words held their count's share: 7-10% on average
+# on the benchmark sets' test sentences, from 0 to 14% between sentences. A fixed share was better on the mean of
+# the accuracy harness's five sets (docs/decisions.md, "Bag-of-words features").
+WORD_SHARE = 0.08
 
-    def __init__(self, features: Iterable[str], word_ngrams: int = 2, char_ngrams: int = 0):
+
+class Vocabulary(Mapping[str, int]):
+    """Feature -> column. Index 0 is padding, so an unknown-only sentence encodes to an empty bag.
+
+    ``word_share``: each bag's weights put this share of its squared norm on its word features and the rest on its
+    character n-grams, evenly within each kind; None (checkpoints from before the rule) or a bag of one kind: every
+    feature 1/sqrt(n). Every bag's weights have unit L2 norm either way.
+    """
+
+    def __init__(self, features: Iterable[str], word_ngrams: int = 2, char_ngrams: int = 0,
+                 word_share: float | None = None):
         self.word_ngrams = word_ngrams
         self.char_ngrams = char_ngrams
+        self.word_share = word_share if char_ngrams else None  # words only: one kind, nothing to share
         self._features = [PAD, *features]
         self._index = {feature: index for index, feature in enumerate(self._features)}
         self._table: _WordTable | None = None
+        self._chars: np.ndarray | None = None
 
     def __getstate__(self) -> dict:
         return {**self.__dict__, "_table": None}  # a cache, rebuilt on first use (and it holds a lock)
+
+    @property
+    def _is_char(self) -> np.ndarray:
+        """Per column: whether it is a character n-gram (padding: no)."""
+        if self._chars is None:
+            self._chars = np.fromiter((feature.startswith(CHAR_PREFIX) for feature in self._features), dtype=bool,
+                                      count=len(self._features))
+        return self._chars
+
+    def bag_weights(self, bag: list[int] | np.ndarray) -> np.ndarray:
+        """The weights of one sentence's ``bag`` (as ``encode_flat`` gives them), float32. An array of the columns is
+        the fast way in: converting a list costs more than the weights."""
+        if self.word_share is None or not len(bag):
+            return np.full(len(bag), 1.0 / max(len(bag), 1) ** 0.5, dtype=np.float32)
+        chars = self._is_char[bag]  # one sentence: two scalars and one select, not _weights' batch arithmetic
+        n_chars = int(np.count_nonzero(chars))
+        n_words = len(bag) - n_chars
+        if not n_chars or not n_words:
+            return np.full(len(bag), 1.0 / len(bag) ** 0.5, dtype=np.float32)
+        return np.where(chars, np.float32(((1.0 - self.word_share) / n_chars) ** 0.5),
+                        np.float32((self.word_share / n_words) ** 0.5))
+
+    def _weights(self, indices: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+        """Each entry's weight in bags laid end to end (``lengths``): ``word_share`` of a bag's squared norm on its
+        word features, the rest on its character n-grams; a bag of one kind, 1/sqrt(n) each."""
+        plain = 1.0 / np.sqrt(np.maximum(lengths, 1))
+        if self.word_share is None or not len(indices):
+            return np.repeat(plain.astype(np.float32), lengths)
+        chars = self._is_char[indices]
+        bag = np.repeat(np.arange(len(lengths)), lengths)
+        n_chars = np.bincount(bag, weights=chars, minlength=len(lengths))
+        n_words = lengths - n_chars
+        mixed = (n_chars > 0) & (n_words > 0)
+        per_char = np.where(mixed, np.sqrt((1.0 - self.word_share) / np.maximum(n_chars, 1)), plain)
+        per_word = np.where(mixed, np.sqrt(self.word_share / np.maximum(n_words, 1)), plain)
+        return np.where(chars, per_char[bag], per_word[bag]).astype(np.float32)
 
     @property
     def _words(self) -> _WordTable:
@@ -116,9 +167,10 @@ class Vocabulary(Mapping[str, int]):
         Binary presence normalised by length keeps short and long sentences on one scale.
         """
         if len(texts) == 1:  # one sentence (interactive predict): skip the batch scatter's fixed cost
-            bag = self.bag(texts[0]) or [0]
-            return (torch.tensor([bag], dtype=torch.long),
-                    torch.full((1, len(bag)), 1.0 / len(bag) ** 0.5 if bag != [0] else 0.0))
+            bag = self.bag(texts[0])
+            if not bag:
+                return torch.zeros((1, 1), dtype=torch.long), torch.zeros((1, 1))
+            return torch.tensor([bag], dtype=torch.long), torch.from_numpy(self.bag_weights(bag)).unsqueeze(0)
         indices, weights, lengths = self.encode_flat(texts)
         width = int(lengths.max()) if len(lengths) else 0
         padded = torch.zeros((len(texts), width or 1), dtype=torch.long)
@@ -144,7 +196,7 @@ class Vocabulary(Mapping[str, int]):
                  for start in range(0, len(texts), ENCODE_CHUNK)]
         indices = np.concatenate([part[0] for part in parts]) if parts else np.zeros(0, dtype=np.int64)
         lengths = np.concatenate([part[1] for part in parts]) if parts else np.zeros(0, dtype=np.int64)
-        weights = np.repeat((1.0 / np.sqrt(np.maximum(lengths, 1))).astype(np.float32), lengths)
+        weights = self._weights(indices, lengths)
         return torch.from_numpy(indices), torch.from_numpy(weights), torch.from_numpy(lengths)
 
 
@@ -343,7 +395,8 @@ def _append(buffer: np.ndarray, at: int, values: np.ndarray) -> np.ndarray:
 
 
 def build_vocabulary(texts: Iterable[str], word_ngrams: int = 2, min_count: int = 1,
-                     char_ngrams: int = 0, pair_texts: Iterable[str] | None = None) -> Vocabulary:
+                     char_ngrams: int = 0, pair_texts: Iterable[str] | None = None,
+                     word_share: float | None = WORD_SHARE) -> Vocabulary:
     """Every feature seen at least ``min_count`` times, most frequent first (ties alphabetical).
 
     ``pair_texts``: where runs of two or more words are taken from (None: ``texts``); single words and character
@@ -356,4 +409,4 @@ def build_vocabulary(texts: Iterable[str], word_ngrams: int = 2, min_count: int 
         counts.update(feature for feature in features_of(text, word_ngrams) if " " in feature)
     kept = sorted((feature for feature, count in counts.items() if count >= min_count),
                   key=lambda feature: (-counts[feature], feature))
-    return Vocabulary(kept, word_ngrams=word_ngrams, char_ngrams=char_ngrams)
+    return Vocabulary(kept, word_ngrams=word_ngrams, char_ngrams=char_ngrams, word_share=word_share)

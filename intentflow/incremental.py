@@ -309,7 +309,8 @@ def continue_training(
     seen = build_vocabulary([row.text for row in rows], word_ngrams=word_ngrams, char_ngrams=char_ngrams,
                             pair_texts=[row.text for row in rows if not row.synthetic])
     added = [feature for feature in seen.features if feature not in known]
-    vocab = Vocabulary([*production["vocab"], *added], word_ngrams=word_ngrams, char_ngrams=char_ngrams)
+    vocab = Vocabulary([*production["vocab"], *added], word_ngrams=word_ngrams, char_ngrams=char_ngrams,
+                       word_share=architecture.get("word_share"))
     model = IntentMLP(len(vocab), len(labels), width, config.hidden_layers, config.dropout)
     state = dict(production["state_dict"])
     old_rows = state["input.weight"]

@@ -40,7 +40,7 @@ def build_model(payload: dict[str, Any]) -> tuple[IntentMLP, Vocabulary, list[st
                               "(fix: retrain, or `intentflow rollback`)") from None
     model.eval()
     vocab = Vocabulary(payload["vocab"], word_ngrams=int(config["word_ngrams"]),
-                       char_ngrams=int(config.get("char_ngrams", 0)))
+                       char_ngrams=int(config.get("char_ngrams", 0)), word_share=config.get("word_share"))
     return model, vocab, list(payload["labels"])
 
 
@@ -202,7 +202,11 @@ class Classifier:
         arrays = self._numpy_arrays()
         embedding, bias = arrays[0]
         # The weighted sum of the bag's rows as one matrix-vector product: a third of the time of scaling them.
-        hidden = bias + np.full(len(bag), 1.0 / len(bag) ** 0.5, dtype=np.float32) @ embedding[bag] if bag else bias
+        if bag:
+            columns = np.asarray(bag, dtype=np.intp)  # once, for the weights and the rows
+            hidden = bias + self.vocab.bag_weights(columns) @ embedding[columns]
+        else:
+            hidden = bias
         for weight, layer_bias in arrays[1:]:
             hidden = np.maximum(hidden, 0.0, dtype=np.float32) @ weight + layer_bias
         hidden = np.exp(hidden - hidden.max())

@@ -152,9 +152,13 @@ def export_payload(payload: dict[str, Any], int8: bool = False) -> OnnxExport:
         "labels": list(labels),
         "word_ngrams": vocab.word_ngrams,
         "char_ngrams": vocab.char_ngrams,
+        "word_share": vocab.word_share,
         # How Vocabulary.encode turns text into inputs, for readers outside Python; OnnxClassifier calls it.
         "featurizer": {"token_pattern": _TOKEN.pattern, "casefold": True, "padding_index": 0,
-                       "weights": "1/sqrt(n) on each of a sentence's n distinct known features",
+                       "weights": "a sentence's distinct known features, unit L2 norm: with word_share null, or "
+                                  "features of one kind only, 1/sqrt(n) each; else sqrt(word_share / w) on each of "
+                                  "its w word features and sqrt((1 - word_share) / c) on each of its c '#' "
+                                  "character n-grams",
                        "features": "words, then runs of up to word_ngrams words joined by a space, then (char_ngrams "
                                    "> 0) '#' + each run of 2 to char_ngrams characters of '<word>'"},
         "vocab": vocab.features,

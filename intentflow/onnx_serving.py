@@ -91,7 +91,7 @@ class OnnxClassifier:
             from intentflow.features import Vocabulary
 
             vocab = Vocabulary(metadata["vocab"], word_ngrams=int(metadata["word_ngrams"]),
-                               char_ngrams=int(metadata.get("char_ngrams", 0)))
+                               char_ngrams=int(metadata.get("char_ngrams", 0)), word_share=metadata.get("word_share"))
         options = onnxruntime.SessionOptions()
         # Constant folding and node fusions (layer normalisation, GELU, ...): fewer, larger kernels per call.
         options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL

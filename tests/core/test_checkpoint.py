@@ -351,3 +351,31 @@ def test_the_shapes_checked_are_the_shapes_the_network_has(vocab, labels, size, 
 
     assert parameter_shapes(vocab, labels, size, layers) == {
         name: tuple(value.shape) for name, value in network.state_dict().items()}
+
+
+def test_character_ngram_bags_keep_their_weights_after_reload_and_older_checkpoints_keep_theirs(toy_model, tmp_path):
+    from intentflow.features import WORD_SHARE
+    from intentflow.train import train_model
+
+    from .helpers import tiny_train_config
+
+    data = toy_model.data
+    trained = train_model([row.text for row in data.train], [row.label for row in data.train],
+                          [row.text for row in data.val], [row.label for row in data.val],
+                          tiny_train_config(char_ngrams=4, epochs=20))
+    payload = build_payload(trained, outcome_hash="toy", prepare={}, val_texts=[], val_labels=[])
+    assert payload["config"]["word_share"] == WORD_SHARE
+    loaded = Classifier.load(save_checkpoint(payload, tmp_path / "new.pt"))
+    assert loaded.vocab.word_share == WORD_SHARE
+    one, batch = [loaded.predict(text) for text in PROBES], loaded.predict_batch(PROBES)
+    assert [p.label for p in one] == [p.label for p in batch]
+    assert [p.confidence for p in one] == pytest.approx([p.confidence for p in batch], abs=1e-6)
+    # A checkpoint written before the rule has no word_share: it is served with the weights it learnt with.
+    del payload["config"]["word_share"]
+    old = Classifier.load(save_checkpoint(payload, tmp_path / "old.pt"))
+    assert old.vocab.word_share is None
+    one, batch = [old.predict(text) for text in PROBES], old.predict_batch(PROBES)
+    assert [p.label for p in one] == [p.label for p in batch]
+    assert [p.confidence for p in one] == pytest.approx([p.confidence for p in batch], abs=1e-6)
+    indices, weights = old.vocab.encode([PROBES[0]])
+    assert torch.allclose(weights, torch.full_like(weights, indices.shape[1] ** -0.5))

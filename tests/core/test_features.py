@@ -25,12 +25,23 @@ def expected_bags(vocab: Vocabulary, texts: list[str]) -> list[list[int]]:
                     if feature in vocab}) for text in texts]
 
 
+def expected_weights(vocab: Vocabulary, bag: list[int]) -> list[float]:
+    """The definition: unit norm; with character n-grams and words both present, ``word_share`` of the squared norm
+    on the words and the rest on the n-grams, evenly within each kind; else 1/sqrt(n) each."""
+    chars = [vocab.features[index - 1].startswith(features.CHAR_PREFIX) for index in bag]
+    if vocab.word_share is None or all(chars) or not any(chars):
+        return [1.0 / max(len(bag), 1) ** 0.5] * len(bag)
+    share = {True: (1 - vocab.word_share) / sum(chars), False: vocab.word_share / chars.count(False)}
+    return [share[char] ** 0.5 for char in chars]
+
+
 def flat_bags(vocab: Vocabulary, texts: list[str]) -> list[list[int]]:
     indices, weights, lengths = vocab.encode_flat(texts)
     assert indices.dtype == torch.long and len(lengths) == len(texts) and len(weights) == len(indices)
     rows = torch.split(indices, lengths.tolist())
     for row, weight in zip(rows, torch.split(weights, lengths.tolist()), strict=True):
-        assert torch.allclose(weight, torch.full_like(weight, 1.0 / max(len(row), 1) ** 0.5))
+        assert weight.tolist() == pytest.approx(expected_weights(vocab, row.tolist()), rel=1e-6)
+        assert vocab.bag_weights(row.tolist()).tolist() == pytest.approx(weight.tolist(), rel=1e-6)
     return [row.tolist() for row in rows]
 
 
@@ -48,6 +59,22 @@ def test_a_batch_gives_each_sentence_its_own_bag(vocab):
     assert [vocab.bag(text) for text in texts] == expected_bags(vocab, texts)
     # Unknown words were remembered by the first call: a second gives the same bags.
     assert flat_bags(vocab, texts[::-1]) == expected_bags(vocab, texts[::-1])
+
+
+def test_words_get_their_share_of_each_bag_and_old_vocabularies_keep_one_weight():
+    vocab = build_vocabulary(CORPUS, word_ngrams=2, char_ngrams=5)
+    assert vocab.word_share == features.WORD_SHARE
+    indices, weights = (tensor[0] for tensor in vocab.encode(["where is my package"]))
+    chars = torch.tensor([vocab.features[index - 1].startswith(features.CHAR_PREFIX) for index in indices.tolist()])
+    assert 0 < int(chars.sum()) < len(chars)
+    assert float((weights ** 2).sum()) == pytest.approx(1.0)
+    assert float((weights[~chars] ** 2).sum()) == pytest.approx(features.WORD_SHARE)
+    # A vocabulary saved before the rule (no word_share) weighs every feature alike, as it was trained.
+    old = Vocabulary(vocab.features, word_ngrams=2, char_ngrams=5)
+    assert old.word_share is None
+    assert torch.allclose(old.encode(["where is my package"])[1][0], torch.full((len(indices),), len(indices) ** -0.5))
+    # Words only: one kind, nothing to share.
+    assert build_vocabulary(CORPUS, word_ngrams=2).word_share is None
 
 
 def test_an_ascii_batch_takes_the_fast_tokeniser_and_gets_the_same_bags(vocab):

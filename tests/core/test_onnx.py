@@ -13,6 +13,7 @@ import pytest
 from intentflow.checkpoint import build_payload, load_checkpoint, save_checkpoint
 from intentflow.cli import main
 from intentflow.errors import IntentflowError
+from intentflow.features import WORD_SHARE
 from intentflow.inference import Classifier, Prediction
 from intentflow.onnx_export import OnnxClassifier, _ExportGraph, export_onnx, metadata_path, onnx_files
 from intentflow.registry import Registry
@@ -97,6 +98,8 @@ def test_onnx_predicts_what_pytorch_predicts(which, request, tmp_path):
     onnx, reference = OnnxClassifier.load(path), Classifier.load(source)
     assert onnx.vocab.char_ngrams == reference.vocab.char_ngrams == (4 if which == "char_checkpoint" else 0)
     assert onnx.vocab.word_ngrams == reference.vocab.word_ngrams == (2 if which == "char_checkpoint" else 1)
+    # Words and character n-grams share each bag's weight as they did in training.
+    assert onnx.vocab.word_share == reference.vocab.word_share == (WORD_SHARE if which == "char_checkpoint" else None)
 
     assert_same_predictions(onnx.predict_batch(SENTENCES), reference.predict_batch(SENTENCES))
     # Every probability, not only the winning one.
