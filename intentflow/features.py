@@ -101,15 +101,14 @@ class Vocabulary(Mapping[str, int]):
     def bag_weights(self, bag: list[int] | np.ndarray) -> np.ndarray:
         """The weights of one sentence's ``bag`` (as ``encode_flat`` gives them), float32. An array of the columns is
         the fast way in: converting a list costs more than the weights."""
-        if self.word_share is None or not len(bag):
-            return np.full(len(bag), 1.0 / max(len(bag), 1) ** 0.5, dtype=np.float32)
-        chars = self._is_char[bag]  # one sentence: two scalars and one select, not _weights' batch arithmetic
-        n_chars = int(np.count_nonzero(chars))
-        n_words = len(bag) - n_chars
-        if not n_chars or not n_words:
-            return np.full(len(bag), 1.0 / len(bag) ** 0.5, dtype=np.float32)
-        return np.where(chars, np.float32(((1.0 - self.word_share) / n_chars) ** 0.5),
-                        np.float32((self.word_share / n_words) ** 0.5))
+        if self.word_share is not None and len(bag):
+            chars = self._is_char[bag]  # one sentence: two scalars and one select, not _weights' batch arithmetic
+            n_chars = int(np.count_nonzero(chars))
+            n_words = len(bag) - n_chars
+            if n_chars and n_words:
+                return np.where(chars, np.float32(((1.0 - self.word_share) / n_chars) ** 0.5),
+                                np.float32((self.word_share / n_words) ** 0.5))
+        return np.full(len(bag), 1.0 / max(len(bag), 1) ** 0.5, dtype=np.float32)
 
     def _weights(self, indices: np.ndarray, lengths: np.ndarray) -> np.ndarray:
         """Each entry's weight in bags laid end to end (``lengths``): ``word_share`` of a bag's squared norm on its
